@@ -1,0 +1,232 @@
+"""The delivery loop: claim due jobs with a lease, attempt them, record every outcome.
+
+One dispatcher thread per process claims only as many jobs as it has idle delivery threads, so
+a lease starts when the delivery does; outcomes are written back in batches. The decision after
+a failed attempt (retry when, or dead-letter why) is `decide`, kept pure so it is easy to test.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from router import logs
+from router.actions.base import LEASE_MARGIN, Delivery
+from router.config import ActionSpec, Config
+from router.errors import DeliveryError
+from router.store import Job, Outcome, Store, now_ts
+
+IDLE_POLL = 0.25  # seconds between looks at the store when nothing is due
+PRUNE_EVERY = 300.0
+
+
+def decide(job: Job, spec: ActionSpec, error: DeliveryError, now: float, rng: random.Random = random._inst) -> Outcome:  # type: ignore[attr-defined]
+    """The outcome of a failed attempt: retry after the schedule (or Retry-After), or dead-letter."""
+    schedule = spec.retry.schedule
+    hold = None
+    if error.retry_after is not None and error.status == 429:
+        hold = now + error.retry_after  # the destination asked the whole action to wait
+    if error.retryable and job.attempts <= len(schedule):
+        if error.retry_after is not None:
+            delay = error.retry_after
+        else:
+            jitter = spec.retry.jitter
+            delay = schedule[job.attempts - 1] * (1 + rng.uniform(-jitter, jitter))
+        return Outcome(
+            job.id, job.lease_owner, job.action, job.attempts, "pending", now,
+            next_ts=now + max(0.0, delay), status=error.status, error=error.message, retryable=True,
+            hold_action_until=hold,
+        )
+    reason = error.message if not error.retryable else f"gave up after {job.attempts} attempts: {error.message}"
+    return Outcome(
+        job.id, job.lease_owner, job.action, job.attempts, "dead", now,
+        next_ts=now, status=error.status, error=reason, retryable=error.retryable, hold_action_until=hold,
+    )
+
+
+def delivery_for(job: Job) -> Delivery:
+    e = job.event
+    return Delivery(
+        event_id=job.event_id,
+        provider=e["provider"],
+        rule=job.rule,
+        action=job.action,
+        attempt=job.attempts,
+        received_at=e["received_at"],
+        headers=e["headers"],
+        query=e["query"],
+        body=e["body"],
+        content_type=e["content_type"],
+    )
+
+
+class Deliverer:
+    """Delivery workers of one process."""
+
+    def __init__(self, get_config: Callable[[], Config], store: Store, *, concurrency: int | None = None):
+        self.get_config = get_config
+        self.store = store
+        self.concurrency = concurrency or get_config().settings.delivery_concurrency
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self._work: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._kick = threading.Event()
+        self._stopping = threading.Event()
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._dispatcher: threading.Thread | None = None
+        self._last_prune = 0.0
+        self.heartbeat = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Deliverer:
+        for i in range(self.concurrency):
+            t = threading.Thread(target=self._work_loop, name=f"router-deliver-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="router-dispatch", daemon=True)
+        self._dispatcher.start()
+        return self
+
+    def alive(self) -> bool:
+        return self._dispatcher is not None and self._dispatcher.is_alive()
+
+    def kick(self) -> None:
+        """Look for work now (an event was just committed in this process)."""
+        self._kick.set()
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming, hand back jobs not yet started, and let in-flight attempts finish."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._kick.set()
+        if self._dispatcher is not None:
+            self._dispatcher.join(grace)
+        released: list[Outcome] = []
+        while True:
+            try:
+                job = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                released.append(Outcome(job.id, job.lease_owner, job.action, job.attempts, "released", now_ts()))
+        for _ in self._threads:
+            self._work.put(None)
+        deadline = time.monotonic() + grace
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self._flush(released)
+
+    # ------------------------------------------------------------------ loops
+
+    def _dispatch_loop(self) -> None:
+        while not self._stopping.is_set():
+            self.heartbeat = time.monotonic()
+            try:
+                self._flush()
+                claimed = self._claim()
+                self._maybe_prune()
+            except Exception as exc:  # the store is locked or the disk is full: wait and try again
+                logs.error("delivery loop error", error=f"{type(exc).__name__}: {exc}")
+                claimed = 0
+                self._stopping.wait(1.0)
+            if claimed == 0:
+                self._kick.wait(IDLE_POLL)
+                self._kick.clear()
+        self._flush()
+
+    def _claim(self) -> int:
+        idle = self.concurrency - self._busy
+        if idle <= 0:
+            return 0
+        config = self.get_config()
+        leases = {name: spec.timeout + LEASE_MARGIN for name, spec in config.actions.items()}
+        rates = {name: spec.rate for name, spec in config.actions.items() if spec.rate}
+        jobs = self.store.claim(self.owner, idle, leases, rates)
+        with self._busy_lock:
+            self._busy += len(jobs)
+        for job in jobs:
+            self._work.put(job)
+        return len(jobs)
+
+    def _flush(self, extra: list[Outcome] | None = None) -> None:
+        outcomes = list(extra or [])
+        while True:
+            try:
+                outcomes.append(self._outcomes.get_nowait())
+            except queue.Empty:
+                break
+        if outcomes:
+            self.store.finish(outcomes)
+
+    def _work_loop(self) -> None:
+        while True:
+            job = self._work.get()
+            if job is None:
+                return
+            try:
+                outcome = self.attempt(job)
+            except Exception as exc:  # never lose the job to a bug: retry it like a transient failure
+                outcome = Outcome(job.id, job.lease_owner, job.action, job.attempts, "pending", now_ts(),
+                                  next_ts=now_ts() + 30, error=f"internal error: {type(exc).__name__}", retryable=True)
+            self._outcomes.put(outcome)
+            with self._busy_lock:
+                self._busy -= 1
+            self._kick.set()
+
+    def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune < PRUNE_EVERY:
+            return
+        self._last_prune = now
+        settings = self.get_config().settings
+        events, jobs = self.store.prune(settings.retention, settings.dead_letter_retention)
+        if events or jobs:
+            logs.info("pruned", events=events, jobs=jobs)
+
+    # ------------------------------------------------------------------ one attempt
+
+    def attempt(self, job: Job) -> Outcome:
+        config = self.get_config()
+        spec = config.actions.get(job.action)
+        started = time.perf_counter()
+        if spec is None:
+            error = DeliveryError(f"action '{job.action}' no longer exists in the rules file", retryable=False)
+            return self._failed(job, None, error, started)
+        if not job.event:
+            error = DeliveryError("the event is no longer in the store", retryable=False)
+            return self._failed(job, spec, error, started)
+        try:
+            status = spec.impl.deliver(delivery_for(job))
+        except DeliveryError as error:
+            return self._failed(job, spec, error, started)
+        latency = (time.perf_counter() - started) * 1000
+        logs.info(
+            "delivery", event_id=job.event_id, rule=job.rule, action=job.action, attempt=job.attempts,
+            outcome="delivered", status=status, latency_ms=round(latency, 2),
+        )
+        return Outcome(job.id, job.lease_owner, job.action, job.attempts, "delivered", now_ts(),
+                       status=status, latency_ms=latency)
+
+    def _failed(self, job: Job, spec: ActionSpec | None, error: DeliveryError, started: float) -> Outcome:
+        latency = (time.perf_counter() - started) * 1000
+        now = now_ts()
+        if spec is None:
+            outcome = Outcome(job.id, job.lease_owner, job.action, job.attempts, "dead", now, error=error.message)
+        else:
+            outcome = decide(job, spec, error, now)
+        outcome.latency_ms = latency
+        logs.info(
+            "delivery", event_id=job.event_id, rule=job.rule, action=job.action, attempt=job.attempts,
+            outcome="retry" if outcome.state == "pending" else "dead", status=error.status,
+            error=error.message, latency_ms=round(latency, 2),
+        )
+        return outcome

@@ -1,0 +1,94 @@
+"""The router's exceptions, one small tree.
+
+    RouterError
+    ├── ConfigError        the rules file is invalid (carries every Problem found)
+    ├── RequestError       an incoming request is refused; carries its HTTP status and error code
+    │   ├── AuthError      401 / 403: not from who it claims to be
+    │   └── PayloadError   400 / 413 / 422: not something we can accept
+    ├── StoreUnavailable   the store could not commit; the request gets 503 and nothing was written
+    └── DeliveryError      one delivery attempt failed; `retryable` says whether to try again
+
+HTTP and CLI turn these into answers at the edge, nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RouterError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One fault in a rules file, at the line and column where it stands."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.path}: {self.message}"
+
+
+class ConfigError(RouterError):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class RequestError(RouterError):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+
+
+class AuthError(RequestError):
+    status = 401
+    code = "unauthorized"
+
+
+class PayloadError(RequestError):
+    status = 400
+    code = "invalid_body"
+
+
+class SchemaError(PayloadError):
+    """The payload broke its JSON Schema; `detail` is the 422 body Panjaya documents."""
+
+    status = 422
+    code = "invalid_payload"
+
+    def __init__(self, detail: list[dict]):
+        super().__init__(f"{len(detail)} schema violation(s)")
+        self.detail = detail
+
+
+class StoreUnavailable(RouterError):
+    pass
+
+
+class DeliveryError(RouterError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after

@@ -1,0 +1,158 @@
+"""Request bodies: strict JSON parsing and JSON Schema validation (validators built once at load)."""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from jsonschema import exceptions as js_exceptions
+from jsonschema import validators as js_validators
+
+from router.errors import PayloadError, SchemaError
+
+MAX_DETAIL = 100  # a 422 lists at most this many violations
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            # two parsers may keep different copies: refuse rather than guess
+            raise ValueError(f"duplicate key {key[:50]!r}")
+        out[key] = value
+    return out
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or PayloadError (400) saying why not."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"body is not valid UTF-8 (byte {exc.start})") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        value = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_no_duplicate_keys,
+        )
+    except RecursionError:
+        raise PayloadError("body is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:  # our hooks, and ints too long to convert
+        raise PayloadError(f"body is not acceptable JSON: {exc}") from None
+    if not isinstance(value, dict):
+        kind = "an array" if isinstance(value, list) else "a scalar"
+        raise PayloadError(f"body must be a JSON object, not {kind}")
+    return value
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+def _bundled_dir() -> Path:
+    try:
+        root = resources.files("router.schemas")
+        path = Path(str(root))
+        if (path / "panjaya.json").is_file():
+            return path
+    except (ModuleNotFoundError, TypeError):
+        pass
+    # running from a source checkout without installing: the top-level schemas/ folder
+    return Path(__file__).resolve().parent.parent / "schemas"
+
+
+_bundled_cache: dict[str, Any] = {}
+
+
+def bundled_validator(name: str) -> Any:
+    if name not in _bundled_cache:
+        schema = json.loads((_bundled_dir() / name).read_text("utf-8"))
+        cls = js_validators.validator_for(schema)
+        cls.check_schema(schema)
+        _bundled_cache[name] = cls(schema)
+    return _bundled_cache[name]
+
+
+def load_validator_file(path: Path, report: Callable[[str], None]) -> Any:
+    """A validator for an operator's schema file; problems go to `report` and None is returned."""
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        report(f"schema file not found: {path}")
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        report(f"cannot read schema file {path}: {getattr(exc, 'strerror', None) or exc}")
+        return None
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        report(f"schema file {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        return None
+    if not isinstance(schema, (dict, bool)):
+        report(f"schema file {path} is not a JSON Schema (expected an object)")
+        return None
+    cls = js_validators.validator_for(schema, default=js_validators.Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except js_exceptions.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top)"
+        report(f"schema file {path} is not a valid JSON Schema: at {where}: {exc.message}")
+        return None
+    try:
+        return cls(schema)
+    except Exception as exc:  # e.g. an unresolvable $ref discovered on build
+        report(f"schema file {path} cannot be used: {exc}")
+        return None
+
+
+def validate(validator: Any, payload: dict[str, Any]) -> None:
+    """Raise SchemaError with the 422 `detail` list when the payload breaks its schema."""
+    if validator is None:
+        return
+    errors = list(validator.iter_errors(payload))
+    if not errors:
+        return
+    detail: list[dict[str, Any]] = []
+    seen: set[tuple] = set()
+    for error in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
+        loc = ["body", *error.absolute_path]
+        if error.validator == "required" and isinstance(error.instance, dict):
+            # one entry per missing field, located at the field, as Panjaya's 422 does
+            for name in error.validator_value:
+                if name not in error.instance and (tuple(loc), name) not in seen:
+                    seen.add((tuple(loc), name))
+                    detail.append({"loc": [*loc, name], "msg": "field required", "type": "missing"})
+            continue
+        key = (tuple(str(p) for p in loc), error.message)
+        if key in seen:
+            continue
+        seen.add(key)
+        detail.append({"loc": loc, "msg": _short(error.message), "type": str(error.validator)})
+        if len(detail) >= MAX_DETAIL:
+            break
+    raise SchemaError(detail[:MAX_DETAIL])
+
+
+def _short(message: str, limit: int = 300) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."

@@ -1,0 +1,561 @@
+"""The durable store: events, delivery jobs, attempts and dead letters in one SQLite file.
+
+Durability: WAL mode, `synchronous=FULL` for ingest when `durability: fsync` (the default), so an
+event answered 200 has been fsynced. To keep that fast, concurrent ingests in one process are
+committed together by a single committer thread: one transaction, one fsync, many events (group
+commit), each in its own savepoint so one bad event cannot spoil its neighbours.
+
+Delivery bookkeeping (claims, attempts, outcomes) runs on its own connection with
+`synchronous=NORMAL`: after a power cut it can at worst forget that a delivery succeeded, which
+means one more delivery (at least once), never a lost event.
+
+Jobs: `state` is pending, delivered or dead. A claim sets `lease_owner` and pushes `next_ts` to the
+end of the lease, so a job whose worker died becomes due again by itself when the lease runs out;
+outcomes are written only by the lease's owner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from router.errors import StoreUnavailable
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    received_ts REAL NOT NULL,
+    headers TEXT NOT NULL,
+    query TEXT NOT NULL,
+    content_type TEXT,
+    body BLOB NOT NULL,
+    matched TEXT NOT NULL,
+    dedupe_key TEXT
+);
+CREATE INDEX IF NOT EXISTS events_received ON events (received_ts);
+CREATE TABLE IF NOT EXISTS dedupe (
+    provider TEXT NOT NULL,
+    key TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    matched TEXT NOT NULL,
+    expires_ts REAL NOT NULL,
+    PRIMARY KEY (provider, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    action TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ts REAL NOT NULL,
+    lease_owner TEXT,
+    created_ts REAL NOT NULL,
+    updated_ts REAL NOT NULL,
+    last_status INTEGER,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_ts);
+CREATE INDEX IF NOT EXISTS jobs_event ON jobs (event_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    at_ts REAL NOT NULL,
+    status INTEGER,
+    error TEXT,
+    latency_ms REAL,
+    retryable INTEGER,
+    PRIMARY KEY (job_id, n)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rates (action TEXT PRIMARY KEY, next_ts REAL NOT NULL) WITHOUT ROWID;
+"""
+
+
+def now_ts() -> float:
+    return time.time()
+
+
+def iso_utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def new_event_id(ts: float) -> str:
+    # time-ordered, so listings sort by arrival; 64 random bits make collisions irrelevant
+    return f"evt_{int(ts * 1000):012x}{secrets.token_hex(8)}"
+
+
+@dataclass
+class NewEvent:
+    id: str
+    provider: str
+    received_ts: float
+    headers: dict[str, str]
+    query: dict[str, str]
+    content_type: str | None
+    body: bytes
+    matched: list[str]
+    jobs: list[tuple[str, str]]  # (rule, action)
+    dedupe_key: str | None = None
+    dedupe_window: float = 0.0
+
+    @property
+    def received_at(self) -> str:
+        return iso_utc(self.received_ts)
+
+
+@dataclass
+class IngestResult:
+    event_id: str
+    matched: list[str]
+    deliveries: int
+    duplicate: bool = False
+
+
+@dataclass
+class Job:
+    id: int
+    event_id: str
+    rule: str
+    action: str
+    attempts: int  # including the one now claimed
+    lease_owner: str
+    created_ts: float
+    event: dict[str, Any] = field(default_factory=dict)
+
+
+def connect(path: Path, *, synchronous: str) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise sqlite3.OperationalError(f"cannot switch {path} to WAL mode (got {mode})")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA foreign_keys = OFF")
+    return conn
+
+
+def init_schema(conn: sqlite3.Connection) -> None:
+    with _transaction(conn):
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        try:
+            self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+class Store:
+    """One per process; safe to share between threads."""
+
+    def __init__(self, path: Path, durability: str = "fsync"):
+        self.path = Path(path)
+        self.durability = durability
+        self.pid = os.getpid()
+        self._ingest_sync = "FULL" if durability == "fsync" else "NORMAL"
+        self._local = threading.local()
+        conn = connect(self.path, synchronous=self._ingest_sync)
+        try:
+            init_schema(conn)
+        finally:
+            conn.close()
+        self._committer: _GroupCommitter | None = None
+        self._committer_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ connections
+
+    def _conn(self, kind: str) -> sqlite3.Connection:
+        """A connection per thread and purpose: ingest (FULL) or work (NORMAL)."""
+        conns = getattr(self._local, "conns", None)
+        if conns is None or self._local.pid != os.getpid():
+            conns = self._local.conns = {}
+            self._local.pid = os.getpid()
+        if kind not in conns:
+            conns[kind] = connect(self.path, synchronous=self._ingest_sync if kind == "ingest" else "NORMAL")
+        return conns[kind]
+
+    def reader(self) -> sqlite3.Connection:
+        return self._conn("work")
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest(self, event: NewEvent, timeout: float = 30.0) -> IngestResult:
+        """Commit an event and its jobs (or find it a duplicate); raise StoreUnavailable on failure."""
+        with self._committer_lock:
+            if self._committer is None or not self._committer.alive(os.getpid()):
+                self._committer = _GroupCommitter(self)
+            committer = self._committer
+        return committer.submit(event, timeout)
+
+    def _ingest_batch(self, conn: sqlite3.Connection, events: Sequence[NewEvent]) -> list[IngestResult | Exception]:
+        results: list[IngestResult | Exception] = []
+        with _transaction(conn):
+            for event in events:
+                conn.execute("SAVEPOINT one")
+                try:
+                    results.append(self._ingest_one(conn, event))
+                    conn.execute("RELEASE one")
+                except sqlite3.Error as exc:
+                    conn.execute("ROLLBACK TO one")
+                    conn.execute("RELEASE one")
+                    results.append(exc)
+        return results
+
+    @staticmethod
+    def _ingest_one(conn: sqlite3.Connection, e: NewEvent) -> IngestResult:
+        if e.dedupe_key is not None:
+            row = conn.execute(
+                "SELECT event_id, matched FROM dedupe WHERE provider = ? AND key = ? AND expires_ts > ?",
+                (e.provider, e.dedupe_key, e.received_ts),
+            ).fetchone()
+            if row is not None:
+                return IngestResult(row[0], json.loads(row[1]), 0, duplicate=True)
+            conn.execute(
+                "INSERT OR REPLACE INTO dedupe (provider, key, event_id, matched, expires_ts) VALUES (?, ?, ?, ?, ?)",
+                (e.provider, e.dedupe_key, e.id, json.dumps(e.matched), e.received_ts + e.dedupe_window),
+            )
+        conn.execute(
+            "INSERT INTO events (id, provider, received_at, received_ts, headers, query, content_type, body, matched, dedupe_key)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                e.id,
+                e.provider,
+                e.received_at,
+                e.received_ts,
+                json.dumps(e.headers),
+                json.dumps(e.query),
+                e.content_type,
+                e.body,
+                json.dumps(e.matched),
+                e.dedupe_key,
+            ),
+        )
+        if e.jobs:
+            conn.executemany(
+                "INSERT INTO jobs (event_id, rule, action, state, attempts, next_ts, created_ts, updated_ts)"
+                " VALUES (?, ?, ?, 'pending', 0, ?, ?, ?)",
+                [(e.id, rule, action, e.received_ts, e.received_ts, e.received_ts) for rule, action in e.jobs],
+            )
+        return IngestResult(e.id, e.matched, len(e.jobs))
+
+    def writable(self) -> bool:
+        """Readiness: can we take the write lock right now?"""
+        try:
+            conn = self._conn("work")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return True
+        except sqlite3.Error:
+            return False
+
+    # ------------------------------------------------------------------ delivery
+
+    def claim(
+        self,
+        owner: str,
+        limit: int,
+        leases: dict[str, float],
+        rates: dict[str, float],
+        *,
+        actions: Iterable[str] | None = None,
+        now: float | None = None,
+    ) -> list[Job]:
+        """Lease up to `limit` due jobs. A rate-limited action gives at most one job per claim, and only
+        when its shared slot (in `rates`) is free, so its pace holds across every process."""
+        now = now_ts() if now is None else now
+        conn = self._conn("work")
+        claimed: list[Job] = []
+        with _transaction(conn):
+            blocked = {a for (a,) in conn.execute("SELECT action FROM rates WHERE next_ts > ?", (now,))}
+            rows = conn.execute(
+                "SELECT id, event_id, rule, action, attempts, lease_owner, created_ts FROM jobs"
+                " WHERE state = 'pending' AND next_ts <= ? ORDER BY next_ts LIMIT ?",
+                (now, max(limit * 4, limit + len(blocked) * 8)),
+            ).fetchall()
+            taken_rated: set[str] = set()
+            lost: list[tuple] = []
+            for job_id, event_id, rule, action, attempts, previous_owner, created_ts in rows:
+                if len(claimed) >= limit:
+                    break
+                if action in blocked or action in taken_rated:
+                    continue
+                if actions is not None and action not in actions:
+                    continue
+                lease = leases.get(action, 25.0)
+                if action in rates:
+                    taken_rated.add(action)
+                    conn.execute(
+                        "INSERT INTO rates (action, next_ts) VALUES (?, ?)"
+                        " ON CONFLICT(action) DO UPDATE SET next_ts = excluded.next_ts",
+                        (action, now + 1.0 / rates[action]),
+                    )
+                if previous_owner is not None:
+                    # the last claim never reported: its worker died or hung past the lease
+                    lost.append((job_id, attempts, now, None, "worker lost the job (lease expired)", None, 1))
+                conn.execute(
+                    "UPDATE jobs SET attempts = attempts + 1, lease_owner = ?, next_ts = ?, updated_ts = ? WHERE id = ?",
+                    (owner, now + lease, now, job_id),
+                )
+                claimed.append(Job(job_id, event_id, rule, action, attempts + 1, owner, created_ts))
+            if lost:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO attempts (job_id, n, at_ts, status, error, latency_ms, retryable)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    lost,
+                )
+        if claimed:
+            self._attach_events(conn, claimed)
+        return claimed
+
+    def _attach_events(self, conn: sqlite3.Connection, jobs: list[Job]) -> None:
+        ids = sorted({j.event_id for j in jobs})
+        events: dict[str, dict[str, Any]] = {}
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk: chunk + 500]
+            for row in conn.execute(
+                "SELECT id, provider, received_at, headers, query, content_type, body FROM events"
+                f" WHERE id IN ({','.join('?' * len(part))})",
+                part,
+            ):
+                events[row[0]] = {
+                    "id": row[0],
+                    "provider": row[1],
+                    "received_at": row[2],
+                    "headers": json.loads(row[3]),
+                    "query": json.loads(row[4]),
+                    "content_type": row[5],
+                    "body": bytes(row[6]),
+                }
+        for job in jobs:
+            job.event = events.get(job.event_id, {})
+
+    def finish(self, outcomes: Sequence[Outcome]) -> int:
+        """Record attempts and move jobs on; only the lease owner's word counts. Returns how many applied."""
+        if not outcomes:
+            return 0
+        conn = self._conn("work")
+        applied = 0
+        with _transaction(conn):
+            for o in outcomes:
+                if o.state == "released":
+                    cur = conn.execute(
+                        "UPDATE jobs SET attempts = attempts - 1, lease_owner = NULL, next_ts = ?, updated_ts = ?"
+                        " WHERE id = ? AND lease_owner = ? AND state = 'pending'",
+                        (o.at, o.at, o.job_id, o.owner),
+                    )
+                    applied += cur.rowcount
+                    continue
+                cur = conn.execute(
+                    "UPDATE jobs SET state = ?, lease_owner = NULL, next_ts = ?, updated_ts = ?, last_status = ?, last_error = ?"
+                    " WHERE id = ? AND lease_owner = ? AND state = 'pending' AND attempts = ?",
+                    (o.state, o.next_ts, o.at, o.status, o.error, o.job_id, o.owner, o.attempt),
+                )
+                if cur.rowcount:
+                    applied += 1
+                    conn.execute(
+                        "INSERT OR REPLACE INTO attempts (job_id, n, at_ts, status, error, latency_ms, retryable)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (o.job_id, o.attempt, o.at, o.status, o.error, o.latency_ms, int(o.retryable)),
+                    )
+                if o.hold_action_until is not None:
+                    # a 429's Retry-After holds every job of the action, not just this one
+                    conn.execute(
+                        "INSERT INTO rates (action, next_ts) VALUES (?, ?)"
+                        " ON CONFLICT(action) DO UPDATE SET next_ts = max(next_ts, excluded.next_ts)",
+                        (o.action, o.hold_action_until),
+                    )
+        return applied
+
+    def next_due(self) -> float | None:
+        row = self._conn("work").execute("SELECT min(next_ts) FROM jobs WHERE state = 'pending'").fetchone()
+        return row[0] if row else None
+
+    # ------------------------------------------------------------------ operations
+
+    def replay(self, ident: str, now: float | None = None) -> int:
+        """Re-queue a dead job (by job id) or every dead job of an event (by event id)."""
+        now = now_ts() if now is None else now
+        conn = self._conn("work")
+        with _transaction(conn):
+            if ident.isdigit():
+                cur = conn.execute(
+                    "UPDATE jobs SET state = 'pending', next_ts = ?, updated_ts = ?, lease_owner = NULL, attempts = 0"
+                    " WHERE id = ? AND state = 'dead'",
+                    (now, now, int(ident)),
+                )
+            else:
+                cur = conn.execute(
+                    "UPDATE jobs SET state = 'pending', next_ts = ?, updated_ts = ?, lease_owner = NULL, attempts = 0"
+                    " WHERE event_id = ? AND state = 'dead'",
+                    (now, now, ident),
+                )
+            return cur.rowcount
+
+    def dead_letter_missing_actions(self, known: Iterable[str], now: float | None = None) -> int:
+        """Jobs whose action no longer exists (after a reload) become dead letters that say so."""
+        now = now_ts() if now is None else now
+        known = list(known)
+        conn = self._conn("work")
+        with _transaction(conn):
+            marks = ",".join("?" * len(known)) or "''"
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'dead', lease_owner = NULL, updated_ts = ?, last_error = ?"
+                f" WHERE state = 'pending' AND action NOT IN ({marks})",
+                (now, "action removed from the rules file", *known),
+            )
+            return cur.rowcount
+
+    def prune(self, retention: float, dead_retention: float | None, now: float | None = None) -> tuple[int, int]:
+        """Delete delivered jobs (and events with nothing left to deliver) older than `retention`;
+        dead letters only when `dead_retention` is set."""
+        now = now_ts() if now is None else now
+        conn = self._conn("work")
+        with _transaction(conn):
+            cutoff = now - retention
+            jobs = conn.execute("DELETE FROM jobs WHERE state = 'delivered' AND updated_ts < ?", (cutoff,)).rowcount
+            if dead_retention is not None:
+                jobs += conn.execute(
+                    "DELETE FROM jobs WHERE state = 'dead' AND updated_ts < ?", (now - dead_retention,)
+                ).rowcount
+            conn.execute("DELETE FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)")
+            events = conn.execute(
+                "DELETE FROM events WHERE received_ts < ? AND id NOT IN (SELECT event_id FROM jobs)", (cutoff,)
+            ).rowcount
+            conn.execute("DELETE FROM dedupe WHERE expires_ts < ?", (now,))
+        return events, jobs
+
+    def close(self) -> None:
+        conns = getattr(self._local, "conns", None) or {}
+        for conn in conns.values():
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local.conns = {}
+        if self._committer is not None:
+            self._committer.stop()
+
+
+@dataclass
+class Outcome:
+    job_id: int
+    owner: str
+    action: str
+    attempt: int
+    state: str  # delivered | pending (retry) | dead | released
+    at: float
+    next_ts: float = 0.0
+    status: int | None = None
+    error: str | None = None
+    latency_ms: float | None = None
+    retryable: bool = False
+    hold_action_until: float | None = None
+
+
+class _GroupCommitter:
+    """Commits the ingests of every request thread of this process in shared transactions."""
+
+    MAX_BATCH = 256
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.pid = os.getpid()
+        self.queue: queue.SimpleQueue[tuple[NewEvent, _Waiter] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="router-commit", daemon=True)
+        self.thread.start()
+
+    def alive(self, pid: int) -> bool:
+        return pid == self.pid and self.thread.is_alive()
+
+    def submit(self, event: NewEvent, timeout: float) -> IngestResult:
+        waiter = _Waiter()
+        self.queue.put((event, waiter))
+        if not waiter.done.wait(timeout):
+            raise StoreUnavailable("the store did not commit in time")
+        if isinstance(waiter.result, IngestResult):
+            return waiter.result
+        raise StoreUnavailable(f"the store could not commit: {waiter.result}")
+
+    def stop(self) -> None:
+        self.queue.put(None)
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        while True:
+            item = self.queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    nxt = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.queue.put(None)
+                    break
+                batch.append(nxt)
+            try:
+                if conn is None:
+                    conn = connect(self.store.path, synchronous=self.store._ingest_sync)
+                results = self.store._ingest_batch(conn, [e for e, _ in batch])
+            except Exception as exc:  # the whole transaction failed: nothing of it was written
+                results = [exc] * len(batch)
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except sqlite3.Error:
+                        pass
+                    conn = None
+            for (_, waiter), result in zip(batch, results):
+                waiter.result = result
+                waiter.done.set()
+
+
+class _Waiter:
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: IngestResult | Exception | None = None
