@@ -29,12 +29,12 @@ class Invalid(click.ClickException):
             click.echo(self.message, err=True)
 
 
-def _load(rules: str) -> config_mod.Config:
+def _load(rules: str, *, problems_to_stdout: bool = False) -> config_mod.Config:
     try:
         return config_mod.load(rules)
     except ConfigError as exc:
         for problem in exc.problems:
-            click.echo(str(problem), err=True)
+            click.echo(str(problem), err=not problems_to_stdout)
         raise Invalid(f"{rules}: {len(exc.problems)} problem(s) found") from None
 
 
@@ -66,7 +66,7 @@ def validate(rules: str) -> None:
     Prints OK and a summary, or one line per problem as FILE:LINE:COL: path: message.
     Exit 0 when valid, 1 when not.
     """
-    config = _load(rules)
+    config = _load(rules, problems_to_stdout=True)
     click.echo(f"OK: {rules}: {config.summary()}")
 
 

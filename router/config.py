@@ -149,7 +149,9 @@ class Ctx:
         return any(p.path == text or p.path.startswith(text + ".") or p.path.startswith(text + "[") for p in self.problems)
 
     # ${VAR} and ${VAR:-default}; $${ is a literal ${
-    def expand(self, value: str, path: PathT, *, secret: bool = False) -> str:
+    def expand(self, value: str, path: PathT, *, secret: bool = False, secret_env: bool = False) -> str:
+        """Substitute ${VAR}s. `secret`: the whole value is a secret; `secret_env`: what came from
+        the environment is (a header such as `Bearer ${TOKEN}`)."""
         if "$" not in value:
             if secret:
                 self.redactor.add(value)
@@ -167,7 +169,8 @@ class Ctx:
                 self.error(path, f"environment variable '{name}' is not set (write ${{{name}:-default}} to give a default)")
                 self._broken.add(path)
                 return ""
-            self.redactor.add(result)  # whatever came from the environment may be a secret
+            if secret or secret_env:
+                self.redactor.add(result)
             return result
 
         out = _ENV_RE.sub(sub, value)
@@ -235,11 +238,11 @@ def convert_fields(ctx: Ctx, node: dict, path: PathT, fields: Mapping[str, Field
     return out
 
 
-def as_str(ctx: Ctx, value: Any, path: PathT) -> str | None:
+def as_str(ctx: Ctx, value: Any, path: PathT, *, secret: bool = False) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         ctx.error(path, f"expected a string, not {_kind(value)}")
         return None
-    return ctx.expand(str(value), path)
+    return ctx.expand(str(value), path, secret=secret)
 
 
 def as_secret(ctx: Ctx, value: Any, path: PathT) -> Secret | None:
@@ -360,8 +363,8 @@ def as_path(ctx: Ctx, value: Any, path: PathT) -> Path | None:
     return p if p.is_absolute() else ctx.base_dir / p
 
 
-def as_template(ctx: Ctx, value: Any, path: PathT) -> Template | None:
-    text = as_str(ctx, value, path)
+def as_template(ctx: Ctx, value: Any, path: PathT, *, secret: bool = False) -> Template | None:
+    text = as_str(ctx, value, path, secret=secret)
     if text is None:
         return None
     try:
@@ -398,12 +401,21 @@ def as_template_map(ctx: Ctx, value: Any, path: PathT) -> dict[str, Template] | 
         return None
     out = {}
     for k, v in node.items():
-        t = as_template(ctx, v, path + (k,))
-        if t is not None:
-            # header values may carry credentials: never let them into a message
-            ctx.redactor.add(t.source) if t.is_constant and len(t.source) >= 16 else None
-            out[str(k)] = t
+        p = path + (k,)
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            ctx.error(p, f"expected a string, not {_kind(v)}")
+            continue
+        # header values often carry credentials: values from the environment, and every value of
+        # a header named like a credential, are never shown
+        text = ctx.expand(str(v), p, secret=bool(_CREDENTIAL_NAME.search(str(k))), secret_env=True)
+        try:
+            out[str(k)] = Template(text)
+        except TemplateError as exc:
+            ctx.error(p, str(exc))
     return out
+
+
+_CREDENTIAL_NAME = re.compile(r"auth|token|key|secret|signature|cookie|password|session", re.IGNORECASE)
 
 
 def list_of(item: Converter) -> Converter:
