@@ -2,47 +2,41 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from router import config as config_mod
-from router import logs
+from router import logs, metrics
 from router.config import Config
-from router.errors import RequestError, SchemaError, StoreUnavailable
+from router.errors import ConfigError, Problem, RequestError, SchemaError, StoreUnavailable
 from router.ingest import Incoming, accept
 from router.store import Store
 
 READ_CHUNK = 64 * 1024
+WATCH_INTERVAL = 2.0  # seconds between looks at the rules file
 
 
 class RouterState:
-    """What the app serves from: the current rules (swapped whole on reload) and this process's store."""
+    """What the app serves from: the current rules (swapped whole on reload), this process's store,
+    and, where this process delivers too, its delivery workers."""
 
-    def __init__(self, config: Config, rules_path: Path | None = None):
+    def __init__(self, config: Config, rules_path: Path | None = None, *, stale_reason: str | None = None):
         self.config = config
-        self.rules_path = rules_path
+        self.rules_path = Path(rules_path).resolve() if rules_path else None
+        self.stale_reason = stale_reason  # set when serving the last good rules because the file is invalid
         self._store: Store | None = None
         self._lock = threading.Lock()
-        self.loaded_at = time.time()
-        self.deliverer: Any = None  # set when this process also delivers
-
-    def start_delivery(self) -> None:
-        """Run delivery workers in this process (each gunicorn worker, or `router worker`)."""
-        from router.delivery import Deliverer
-
-        if self.deliverer is not None and self.deliverer.alive() and self._store is not None and self._store.pid == os.getpid():
-            return
-        self.deliverer = Deliverer(lambda: self.config, self.store).start()
-
-    def stop_delivery(self, grace: float = 10.0) -> None:
-        if self.deliverer is not None:
-            self.deliverer.stop(grace)
+        self.deliverer: Any = None
+        self._watcher: threading.Thread | None = None
+        self._watched = self._file_stamp()
 
     @property
     def store(self) -> Store:
@@ -55,6 +49,105 @@ class RouterState:
                 store = self._store
         return store
 
+    # ------------------------------------------------------------------ delivery
+
+    def start_delivery(self) -> None:
+        """Run delivery workers in this process (each gunicorn worker, or `router worker`)."""
+        from router.delivery import Deliverer
+
+        if self.deliverer is not None and self.deliverer.alive() and self.store.pid == os.getpid():
+            return
+        self.deliverer = Deliverer(lambda: self.config, self.store).start()
+
+    def stop_delivery(self, grace: float = 10.0) -> None:
+        if self.deliverer is not None and self.store.pid == os.getpid():
+            self.deliverer.stop(grace)
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(self) -> bool:
+        """Load the rules file again; keep the current rules when it is invalid."""
+        if self.rules_path is None:
+            return False
+        self._watched = self._file_stamp()
+        try:
+            new = config_mod.load(self.rules_path)
+        except ConfigError as exc:
+            logs.error("rules reload failed; the old rules keep serving", rules=str(self.rules_path),
+                       problems=[str(p) for p in exc.problems])
+            metrics.reload(False)
+            return False
+        if new.settings.store.resolve() != self.config.settings.store.resolve():
+            logs.warning("the store setting changed; it takes effect at the next restart",
+                         store=str(self.config.settings.store))
+            new.settings.store = self.config.settings.store
+        self.config = new
+        self.stale_reason = None
+        logs.use_redactor(new.redactor)
+        self.remember_good_rules()
+        removed = self.store.dead_letter_missing_actions(new.actions)
+        logs.info("rules reloaded", rules=str(self.rules_path), summary=new.summary(), dead_lettered=removed)
+        metrics.reload(True)
+        return True
+
+    def remember_good_rules(self) -> None:
+        if self.rules_path is not None and self.config.source_text and self.stale_reason is None:
+            try:
+                self.store.save_rules_snapshot(str(self.rules_path), self.config.source_text)
+            except Exception as exc:  # a read-only store still serves
+                logs.warning("could not keep a copy of the rules in the store", error=str(exc))
+
+    def _file_stamp(self) -> tuple | None:
+        if self.rules_path is None:
+            return None
+        try:
+            st = os.stat(self.rules_path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def watch(self) -> None:
+        """Reload when the rules file changes (every process on its own; validated first)."""
+        if self.rules_path is None or (self._watcher is not None and self._watcher.is_alive()):
+            return
+
+        def loop() -> None:
+            while True:
+                time.sleep(WATCH_INTERVAL)
+                stamp = self._file_stamp()
+                if stamp is not None and stamp != self._watched:
+                    self.reload()
+
+        self._watcher = threading.Thread(target=loop, name="router-watch", daemon=True)
+        self._watcher.start()
+
+
+def recover(rules_path: Path, problems: list[Problem]) -> Config | None:
+    """The last rules that loaded from this file, read back from the store, or None.
+
+    Used when a worker starts (after a reload) and finds the file invalid: it keeps serving the
+    old rules instead of failing to boot and taking the service down.
+    """
+    rules_path = rules_path.resolve()
+    store_path = rules_path.parent / "var" / "router.db"
+    try:
+        raw = yaml.safe_load(rules_path.read_text("utf-8"))
+        configured = raw.get("settings", {}).get("store") if isinstance(raw, dict) else None
+        if isinstance(configured, str) and "$" not in configured:
+            p = Path(configured).expanduser()
+            store_path = p if p.is_absolute() else rules_path.parent / p
+    except Exception:
+        pass
+    if not store_path.exists():
+        return None
+    try:
+        text = Store(store_path).rules_snapshot(str(rules_path))
+        if text is None:
+            return None
+        return config_mod.loads(text, str(rules_path), base_dir=rules_path.parent)
+    except Exception:
+        return None
+
 
 def _error(status: int, code: str, message: str) -> Response:
     response = jsonify({"error": code, "message": message})
@@ -62,26 +155,42 @@ def _error(status: int, code: str, message: str) -> Response:
     return response
 
 
-def create_app(config: Config | None = None, rules_path: str | os.PathLike | None = None) -> Flask:
+def _json_response(value: Any, status: int = 200) -> Response:
+    body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return Response(body, status=status, mimetype="application/json")
+
+
+def _method_not_allowed(allow: str) -> Response:
+    response = _error(405, "method_not_allowed", f"use {allow}")
+    response.headers["Allow"] = allow
+    return response
+
+
+OUTCOMES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 413: "too_large", 422: "schema_invalid"}
+
+
+def create_app(config: Config | None = None, rules_path: str | os.PathLike | None = None,
+               *, stale_reason: str | None = None) -> Flask:
     """Build the app from a loaded Config, or load one from `rules_path` (default $ROUTER_RULES)."""
     if config is None:
         path = rules_path or os.environ.get("ROUTER_RULES")
         if not path:
-            raise config_mod.ConfigError(
-                [config_mod.Problem("(environment)", 1, 1, "ROUTER_RULES", "set ROUTER_RULES to the rules file")]
-            )
+            raise ConfigError([Problem("(environment)", 1, 1, "ROUTER_RULES", "set ROUTER_RULES to the rules file")])
         rules_path = Path(path)
         config = config_mod.load(rules_path)
     logs.setup(config.redactor)
-    state = RouterState(config, Path(rules_path) if rules_path else None)
+    metrics.init(config.settings.store)
+    state = RouterState(config, Path(rules_path) if rules_path else None, stale_reason=stale_reason)
+    state.remember_good_rules()
 
     app = Flask("router")
     app.extensions["router"] = state
 
-    def read_body(limit: int) -> bytes | Response:
+    def read_body(limit: int) -> bytes | None:
+        """The body, or None when it is over the limit (read no further than limit + 1 bytes)."""
         length = request.content_length
         if length is not None and length > limit:
-            return _error(413, "too_large", f"body is larger than {limit} bytes")
+            return None
         stream = request.stream
         chunks: list[bytes] = []
         total = 0
@@ -92,58 +201,67 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:
-                return _error(413, "too_large", f"body is larger than {limit} bytes")
+                return None
         return b"".join(chunks)
+
+    def refused(provider: str, status: int, code: str, message: str, started: float) -> Response:
+        outcome = OUTCOMES.get(status, code)
+        metrics.event(provider, outcome)
+        logs.info("event refused", provider=provider, outcome=outcome, status=status,
+                  latency_ms=round((time.perf_counter() - started) * 1000, 2))
+        response = _error(status, code, message)
+        if status == 413:
+            response.headers["Connection"] = "close"  # we did not read the rest of the body
+        return response
 
     def receive(provider_name: str) -> Response:
         config = state.config
         spec = config.providers.get(provider_name)
         if spec is None:
+            metrics.event("(unknown)", "unknown_provider")
             return _error(404, "unknown_provider", f"no provider named '{provider_name}'")
         started = time.perf_counter()
-        body = read_body(config.settings.max_body_bytes)
-        if isinstance(body, Response):
-            _log_refused(provider_name, body.status_code, "too_large", started)
-            return body
+        limit = config.settings.max_body_bytes
+        body = read_body(limit)
+        if body is None:
+            return refused(provider_name, 413, "too_large", f"body is larger than {limit} bytes", started)
         incoming = Incoming(
             provider=provider_name,
             body=body,
             headers={k.lower(): v for k, v in request.headers.items()},
-            query={k: v for k, v in request.args.items()},
+            query=request.args.to_dict(flat=True),
             remote_addr=request.remote_addr,
             content_type=request.headers.get("Content-Type"),
         )
         try:
             accepted = accept(config, spec, incoming)
             result = state.store.ingest(accepted.event)
-            if result.deliveries and state.deliverer is not None:
-                state.deliverer.kick()
         except SchemaError as exc:
-            _log_refused(provider_name, 422, exc.code, started)
-            return Response(_json_bytes({"detail": exc.detail}), status=422, mimetype="application/json")
+            metrics.event(provider_name, "schema_invalid")
+            logs.info("event refused", provider=provider_name, outcome="schema_invalid", status=422,
+                      violations=len(exc.detail), latency_ms=round((time.perf_counter() - started) * 1000, 2))
+            return _json_response({"detail": exc.detail}, 422)
         except RequestError as exc:
-            _log_refused(provider_name, exc.status, exc.code, started)
-            return _error(exc.status, exc.code, exc.message)
+            return refused(provider_name, exc.status, exc.code, exc.message, started)
         except StoreUnavailable as exc:
+            metrics.event(provider_name, "store_unavailable")
             logs.error("store unavailable", provider=provider_name, status=503, error=str(exc))
-            return _error(503, "store_unavailable", "the event could not be stored; retry later")
+            response = _error(503, "store_unavailable", "the event could not be stored; retry later")
+            response.headers["Retry-After"] = "5"
+            return response
+        if result.deliveries and state.deliverer is not None:
+            state.deliverer.kick()
+        latency = time.perf_counter() - started
         outcome = "duplicate" if result.duplicate else "accepted"
-        logs.info(
-            "event",
-            event_id=result.event_id,
-            provider=provider_name,
-            outcome=outcome,
-            status=200,
-            matched=result.matched,
-            deliveries=result.deliveries,
-            latency_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
+        metrics.event(provider_name, outcome, latency, None if result.duplicate else result.matched)
+        logs.info("event", event_id=result.event_id, provider=provider_name, outcome=outcome, status=200,
+                  matched=result.matched, deliveries=result.deliveries, latency_ms=round(latency * 1000, 2))
         answer: dict[str, Any] = {"event_id": result.event_id}
         if result.duplicate:
             answer["duplicate"] = True
         answer["matched"] = result.matched
         answer["deliveries"] = result.deliveries
-        return Response(_json_bytes(answer), status=200, mimetype="application/json")
+        return _json_response(answer)
 
     @app.route("/hooks/<provider_name>", methods=["POST"])
     def hook(provider_name: str) -> Response:
@@ -155,27 +273,38 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
 
     @app.get("/readyz")
     def readyz() -> Response:
-        checks = {"rules": state.config is not None, "store": state.store.writable()}
-        ok = all(checks.values())
+        checks: dict[str, Any] = {"rules": "stale: " + state.stale_reason if state.stale_reason else "loaded"}
+        try:
+            checks["store"] = "writable" if state.store.writable() else "not writable"
+        except Exception as exc:
+            checks["store"] = f"unavailable: {type(exc).__name__}"
+        if state.deliverer is not None:
+            checks["delivery"] = "running" if state.deliverer.healthy() else "stalled"
+        ok = checks["store"] == "writable" and checks.get("delivery", "running") == "running"
         response = jsonify({"status": "ok" if ok else "unavailable", "checks": checks})
         response.status_code = 200 if ok else 503
         return response
 
-    @app.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
-    @app.route("/<path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        body, content_type = metrics.scrape(state.store, list(state.config.actions))
+        return Response(body, status=200, content_type=content_type)
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+    @app.route("/", defaults={"path": ""}, methods=methods)
+    @app.route("/<path:path>", methods=methods)
     def extra_path(path: str) -> Response:
         full = "/" + path.rstrip("/")
         provider_name = state.config.paths.get(full)
         if provider_name is None:
-            if request.method != "POST" and (full.startswith("/hooks/") and full.count("/") == 2):
+            if full.startswith("/hooks/") and full.count("/") == 2:
                 return _method_not_allowed("POST")
             if full in ("/healthz", "/readyz", "/metrics"):
                 return _method_not_allowed("GET")
-            return _error(404, "not_found", f"nothing is served at {full}")
+            return _error(404, "not_found", f"nothing is served at {full[:200]}")
         if request.method != "POST":
-            response = _error(405, "method_not_allowed", "use POST")
-            response.headers["Allow"] = "POST"
-            return response
+            return _method_not_allowed("POST")
         return receive(provider_name)
 
     @app.errorhandler(HTTPException)
@@ -192,25 +321,3 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
         return _error(500, "internal_error", "internal error")
 
     return app
-
-
-def _method_not_allowed(allow: str) -> Response:
-    response = _error(405, "method_not_allowed", f"use {allow}")
-    response.headers["Allow"] = allow
-    return response
-
-
-def _log_refused(provider: str, status: int, outcome: str, started: float) -> None:
-    logs.info(
-        "event refused",
-        provider=provider,
-        outcome=outcome,
-        status=status,
-        latency_ms=round((time.perf_counter() - started) * 1000, 2),
-    )
-
-
-def _json_bytes(value: Any) -> bytes:
-    import json
-
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -575,6 +575,7 @@ class Config:
     router: Any  # router.conditions.RuleSet
     redactor: Redactor
     paths: dict[str, str]  # extra URL path -> provider name
+    source_text: str = ""
 
     def summary(self) -> str:
         return (
@@ -620,6 +621,7 @@ def loads(text: str, filename: str = "<rules>", *, base_dir: Path | None = None,
     if found or config is None:
         raise ConfigError(found or [Problem(filename, 1, 1, "(root)", "invalid rules file")])
     config.redactor = ctx.redactor
+    config.source_text = text
     return config
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from router import logs
+from router import logs, metrics
 from router.actions.base import LEASE_MARGIN, Delivery
 from router.config import ActionSpec, Config
 from router.errors import DeliveryError
@@ -97,6 +97,10 @@ class Deliverer:
 
     def alive(self) -> bool:
         return self._dispatcher is not None and self._dispatcher.is_alive()
+
+    def healthy(self, stall: float = 60.0) -> bool:
+        """Alive, and the dispatcher went round its loop recently."""
+        return self.alive() and time.monotonic() - self.heartbeat < stall
 
     def kick(self) -> None:
         """Look for work now (an event was just committed in this process)."""
@@ -209,6 +213,7 @@ class Deliverer:
         except DeliveryError as error:
             return self._failed(job, spec, error, started)
         latency = (time.perf_counter() - started) * 1000
+        metrics.delivery(job.action, "delivered", latency / 1000)
         logs.info(
             "delivery", event_id=job.event_id, rule=job.rule, action=job.action, attempt=job.attempts,
             outcome="delivered", status=status, latency_ms=round(latency, 2),
@@ -224,9 +229,10 @@ class Deliverer:
         else:
             outcome = decide(job, spec, error, now)
         outcome.latency_ms = latency
+        label = "retry" if outcome.state == "pending" else "dead"
+        metrics.delivery(job.action, label, latency / 1000)
         logs.info(
             "delivery", event_id=job.event_id, rule=job.rule, action=job.action, attempt=job.attempts,
-            outcome="retry" if outcome.state == "pending" else "dead", status=error.status,
-            error=error.message, latency_ms=round(latency, 2),
+            outcome=label, status=error.status, error=error.message, latency_ms=round(latency, 2),
         )
         return outcome

@@ -465,6 +465,22 @@ class Store:
             conn.execute("DELETE FROM dedupe WHERE expires_ts < ?", (now,))
         return events, jobs
 
+    def save_rules_snapshot(self, rules_path: str, text: str) -> None:
+        """Keep the last rules text that loaded, so a worker can fall back to it."""
+        conn = self._conn("work")
+        key = f"last_good_rules:{rules_path}"
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is not None and row[0] == text:
+            return
+        with _transaction(conn):
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, text))
+
+    def rules_snapshot(self, rules_path: str) -> str | None:
+        row = self._conn("work").execute(
+            "SELECT value FROM meta WHERE key = ?", (f"last_good_rules:{rules_path}",)
+        ).fetchone()
+        return row[0] if row else None
+
     def close(self) -> None:
         conns = getattr(self._local, "conns", None) or {}
         for conn in conns.values():

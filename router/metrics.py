@@ -1,0 +1,155 @@
+"""Prometheus metrics, correct across every gunicorn worker and delivery worker.
+
+Counters and histograms use prometheus_client's multiprocess mode: each process writes its own
+memory-mapped files in one folder (`PROMETHEUS_MULTIPROC_DIR`, default `metrics/` beside the
+store) and a scrape sums them. The folder is emptied when a process starts and finds no live
+process among the files' owners, so a restart starts counting from zero, as Prometheus expects.
+
+Queue depth, the oldest pending job's age and dead letters are read from the store at scrape
+time: the store is their source of truth.
+
+prometheus_client decides single- or multi-process mode when it is first imported, so this
+module imports it only inside `init`, after choosing the folder.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_metrics: dict[str, Any] = {}
+_registry_factory: Any = None  # builds a fresh registry for each scrape
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _prepare_dir(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        owners = set()
+        for f in folder.glob("*.db"):
+            m = re.search(r"_(\d+)\.db$", f.name)
+            if m:
+                owners.add(int(m.group(1)))
+        if not any(pid != os.getpid() and _pid_alive(pid) for pid in owners):
+            for f in folder.glob("*.db"):
+                try:
+                    f.unlink()
+                except OSError:
+                    pass
+
+
+def init(store_path: Path) -> None:
+    """Set up the metrics of this process (idempotent)."""
+    global _registry_factory
+    if _metrics:
+        return
+    multiprocess = "prometheus_client" not in sys.modules or "PROMETHEUS_MULTIPROC_DIR" in os.environ
+    if multiprocess:
+        folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or Path(store_path).parent / "metrics")
+        _prepare_dir(folder)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client import multiprocess as mp
+
+    own: list[Any] = []  # single-process mode only: our metric objects, joined to each scrape's registry
+
+    def registry() -> Any:
+        reg = CollectorRegistry()
+        if multiprocess:
+            mp.MultiProcessCollector(reg)
+        for collector in own:
+            reg.register(collector)
+        return reg
+
+    _registry_factory = registry
+    kw: dict[str, Any] = {} if multiprocess else {"registry": None}
+    _metrics.update(
+        events=Counter("router_events_received", "Events received, by provider and outcome.", ["provider", "outcome"], **kw),
+        matches=Counter("router_rule_matches", "Rule matches.", ["rule"], **kw),
+        deliveries=Counter("router_deliveries", "Delivery attempts, by action and outcome (delivered, retry, dead).",
+                           ["action", "outcome"], **kw),
+        attempts=Counter("router_delivery_attempts", "Delivery attempts made, by action.", ["action"], **kw),
+        latency=Histogram("router_delivery_latency_seconds", "Time of one delivery attempt, by action.", ["action"],
+                          buckets=LATENCY_BUCKETS, **kw),
+        ingest_latency=Histogram("router_ingest_latency_seconds", "Time from request to answer for accepted events.",
+                                 ["provider"], buckets=LATENCY_BUCKETS, **kw),
+        reloads=Counter("router_rules_reloads", "Successful rules reloads.", **kw),
+        reload_failures=Counter("router_rules_reload_failures", "Rules reloads refused because the file was invalid.", **kw),
+    )
+    if not multiprocess:
+        own.extend(_metrics.values())
+
+
+def event(provider: str, outcome: str, latency: float | None = None, matched: list[str] | None = None) -> None:
+    if not _metrics:
+        return
+    _metrics["events"].labels(provider, outcome).inc()
+    if latency is not None:
+        _metrics["ingest_latency"].labels(provider).observe(latency)
+    for rule in matched or ():
+        _metrics["matches"].labels(rule).inc()
+
+
+def delivery(action: str, outcome: str, latency: float) -> None:
+    if not _metrics:
+        return
+    _metrics["attempts"].labels(action).inc()
+    _metrics["deliveries"].labels(action, outcome).inc()
+    _metrics["latency"].labels(action).observe(latency)
+
+
+def reload(ok: bool) -> None:
+    if _metrics:
+        _metrics["reloads" if ok else "reload_failures"].inc()
+
+
+class _StoreCollector:
+    def __init__(self, store: Any, actions: list[str]):
+        self.store = store
+        self.actions = actions
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        depth = GaugeMetricFamily("router_queue_depth", "Jobs waiting to be delivered, by action.", labels=["action"])
+        dead = GaugeMetricFamily("router_dead_letters", "Dead-lettered deliveries kept, by action.", labels=["action"])
+        oldest = GaugeMetricFamily("router_oldest_pending_job_age_seconds", "Age of the oldest job not yet delivered.")
+        conn = self.store.reader()
+        counts = {(a, s): 0 for a in self.actions for s in ("pending", "dead")}
+        for action, state, count in conn.execute(
+            "SELECT action, state, count(*) FROM jobs WHERE state IN ('pending', 'dead') GROUP BY action, state"
+        ):
+            counts[(action, state)] = count
+        for (action, state), count in sorted(counts.items()):
+            (depth if state == "pending" else dead).add_metric([action], count)
+        row = conn.execute("SELECT min(created_ts) FROM jobs WHERE state = 'pending'").fetchone()
+        oldest.add_metric([], max(0.0, time.time() - row[0]) if row and row[0] is not None else 0.0)
+        yield depth
+        yield dead
+        yield oldest
+
+
+def scrape(store: Any, actions: list[str]) -> tuple[bytes, str]:
+    """The Prometheus text exposition of every process's metrics plus the store's gauges."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    registry = _registry_factory()
+    registry.register(_StoreCollector(store, actions))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
