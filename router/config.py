@@ -363,15 +363,29 @@ def as_path(ctx: Ctx, value: Any, path: PathT) -> Path | None:
     return p if p.is_absolute() else ctx.base_dir / p
 
 
+def compile_template(ctx: Ctx, raw: str, expanded: str, path: PathT) -> Template | None:
+    """Compile the expanded text; report errors from the file's own text, so a message never
+    quotes a value substituted from the environment."""
+    try:
+        return Template(expanded)
+    except TemplateError as exc:
+        if raw == expanded:
+            ctx.error(path, str(exc))
+            return None
+    try:
+        Template(raw)
+    except TemplateError as exc:
+        ctx.error(path, str(exc))
+        return None
+    ctx.error(path, "template does not parse once its ${...} variables are substituted")
+    return None
+
+
 def as_template(ctx: Ctx, value: Any, path: PathT, *, secret: bool = False) -> Template | None:
     text = as_str(ctx, value, path, secret=secret)
     if text is None:
         return None
-    try:
-        return Template(text)
-    except TemplateError as exc:
-        ctx.error(path, str(exc))
-        return None
+    return compile_template(ctx, str(value), text, path)
 
 
 def as_structured_template(ctx: Ctx, value: Any, path: PathT) -> StructuredTemplate | Template | None:
@@ -390,9 +404,15 @@ def as_structured_template(ctx: Ctx, value: Any, path: PathT) -> StructuredTempl
 
     try:
         return StructuredTemplate(expand(value, path))
+    except TemplateError:
+        pass
+    try:
+        StructuredTemplate(value)
     except TemplateError as exc:
         ctx.error(path, str(exc))
         return None
+    ctx.error(path, "template does not parse once its ${...} variables are substituted")
+    return None
 
 
 def as_template_map(ctx: Ctx, value: Any, path: PathT) -> dict[str, Template] | None:
@@ -408,10 +428,9 @@ def as_template_map(ctx: Ctx, value: Any, path: PathT) -> dict[str, Template] | 
         # header values often carry credentials: values from the environment, and every value of
         # a header named like a credential, are never shown
         text = ctx.expand(str(v), p, secret=bool(_CREDENTIAL_NAME.search(str(k))), secret_env=True)
-        try:
-            out[str(k)] = Template(text)
-        except TemplateError as exc:
-            ctx.error(p, str(exc))
+        template = compile_template(ctx, str(v), text, p)
+        if template is not None:
+            out[str(k)] = template
     return out
 
 
