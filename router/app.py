@@ -21,6 +21,11 @@ from router.ingest import Incoming, accept
 from router.store import Store
 
 READ_CHUNK = 64 * 1024
+BODY_TIMEOUT = float(os.environ.get("ROUTER_BODY_TIMEOUT", "10"))  # seconds for the whole body to arrive
+
+
+class BodyTimeout(Exception):
+    pass
 WATCH_INTERVAL = 2.0  # seconds between looks at the rules file
 
 
@@ -166,7 +171,8 @@ def _method_not_allowed(allow: str) -> Response:
     return response
 
 
-OUTCOMES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 413: "too_large", 422: "schema_invalid"}
+OUTCOMES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 408: "body_timeout", 413: "too_large",
+            422: "schema_invalid"}
 
 
 def create_app(config: Config | None = None, rules_path: str | os.PathLike | None = None,
@@ -187,21 +193,44 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
     app.extensions["router"] = state
 
     def read_body(limit: int) -> bytes | None:
-        """The body, or None when it is over the limit (read no further than limit + 1 bytes)."""
+        """The body, or None when it is over the limit (read no further than limit + 1 bytes).
+
+        The whole body must arrive within BODY_TIMEOUT: a client that trickles it, or promises
+        more than it sends, gets 408 instead of holding a worker until gunicorn kills it."""
         length = request.content_length
         if length is not None and length > limit:
             return None
+        sock = request.environ.get("gunicorn.socket")
+        deadline = time.monotonic() + BODY_TIMEOUT
+        previous = sock.gettimeout() if sock is not None else None
         stream = request.stream
         chunks: list[bytes] = []
         total = 0
-        while True:
-            chunk = stream.read(min(READ_CHUNK, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                return None
+        try:
+            while True:
+                if sock is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise BodyTimeout()
+                    sock.settimeout(remaining)
+                try:
+                    chunk = stream.read(min(READ_CHUNK, limit + 1 - total))
+                except (TimeoutError, OSError) as exc:
+                    raise BodyTimeout() from exc
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > limit:
+                    return None
+        finally:
+            if sock is not None:
+                try:
+                    sock.settimeout(previous)
+                except OSError:
+                    pass
+        if length is not None and total < length:
+            raise BodyTimeout()  # the client closed before sending what it promised
         return b"".join(chunks)
 
     def refused(provider: str, status: int, code: str, message: str, started: float) -> Response:
@@ -222,7 +251,12 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
             return _error(404, "unknown_provider", f"no provider named '{provider_name}'")
         started = time.perf_counter()
         limit = config.settings.max_body_bytes
-        body = read_body(limit)
+        try:
+            body = read_body(limit)
+        except BodyTimeout:
+            response = refused(provider_name, 408, "body_timeout", "the body did not arrive in time", started)
+            response.headers["Connection"] = "close"
+            return response
         if body is None:
             return refused(provider_name, 413, "too_large", f"body is larger than {limit} bytes", started)
         incoming = Incoming(
