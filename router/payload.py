@@ -82,15 +82,59 @@ def _bundled_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "schemas"
 
 
-_bundled_cache: dict[str, Any] = {}
+_FAST_DRAFTS = {
+    "http://json-schema.org/draft-04/schema",
+    "http://json-schema.org/draft-06/schema",
+    "http://json-schema.org/draft-07/schema",
+}
 
 
-def bundled_validator(name: str) -> Any:
+def _no_remote_refs(uri: str) -> Any:
+    raise ValueError(f"remote $ref not allowed: {uri}")
+
+
+class SchemaValidator:
+    """A JSON Schema validator built once at load.
+
+    jsonschema is the reference and explains every violation for the 422. For drafts 4, 6 and 7
+    the schema is also compiled to Python by fastjsonschema, about twenty times faster on the
+    valid payloads that are nearly all of the traffic; only when it says "invalid" does jsonschema
+    look, and jsonschema's word is final. Remote $refs are never fetched.
+    """
+
+    def __init__(self, schema: Any, cls: Any):
+        self.reference = cls(schema)
+        self.fast: Any = None
+        draft = schema.get("$schema", "").rstrip("#") if isinstance(schema, dict) else ""
+        if draft in _FAST_DRAFTS:
+            try:
+                import fastjsonschema
+
+                self.fast = fastjsonschema.compile(
+                    schema, handlers={"http": _no_remote_refs, "https": _no_remote_refs}, use_default=False,
+                )
+            except Exception:  # a schema fastjsonschema cannot compile is still checked by jsonschema
+                self.fast = None
+
+    def errors(self, payload: Any) -> list[Any]:
+        if self.fast is not None:
+            try:
+                self.fast(payload)
+                return []
+            except Exception:
+                pass
+        return list(self.reference.iter_errors(payload))
+
+
+_bundled_cache: dict[str, SchemaValidator] = {}
+
+
+def bundled_validator(name: str) -> SchemaValidator:
     if name not in _bundled_cache:
         schema = json.loads((_bundled_dir() / name).read_text("utf-8"))
         cls = js_validators.validator_for(schema)
         cls.check_schema(schema)
-        _bundled_cache[name] = cls(schema)
+        _bundled_cache[name] = SchemaValidator(schema, cls)
     return _bundled_cache[name]
 
 
@@ -120,7 +164,7 @@ def load_validator_file(path: Path, report: Callable[[str], None]) -> Any:
         report(f"schema file {path} is not a valid JSON Schema: at {where}: {exc.message}")
         return None
     try:
-        return cls(schema)
+        return SchemaValidator(schema, cls)
     except Exception as exc:  # e.g. an unresolvable $ref discovered on build
         report(f"schema file {path} cannot be used: {exc}")
         return None
@@ -130,7 +174,7 @@ def validate(validator: Any, payload: dict[str, Any]) -> None:
     """Raise SchemaError with the 422 `detail` list when the payload breaks its schema."""
     if validator is None:
         return
-    errors = list(validator.iter_errors(payload))
+    errors = validator.errors(payload)
     if not errors:
         return
     detail: list[dict[str, Any]] = []
