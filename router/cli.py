@@ -332,6 +332,28 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+@cli.command()
+@_rules_option
+@click.argument("destination", type=click.Path(dir_okay=False))
+def backup(rules: str, destination: str) -> None:
+    """Copy the store to DESTINATION while the router runs (SQLite's online backup)."""
+    import sqlite3
+
+    config, store = _store(rules)
+    dest = Path(destination)
+    if dest.exists():
+        raise Invalid(f"{destination} exists; give a new file name")
+    source = sqlite3.connect(str(config.settings.store))
+    target = sqlite3.connect(str(dest))
+    try:
+        with target:
+            source.backup(target, pages=1024)
+    finally:
+        target.close()
+        source.close()
+    click.echo(f"backed up {config.settings.store} to {dest} ({dest.stat().st_size:,} bytes)")
+
+
 # --------------------------------------------------------------------------- sign
 
 
