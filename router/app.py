@@ -188,6 +188,11 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
     metrics.init(config.settings.store)
     state = RouterState(config, Path(rules_path) if rules_path else None, stale_reason=stale_reason)
     state.remember_good_rules()
+    if stale_reason is None:
+        # a restart (or gunicorn's HUP) onto rules without an action: its pending jobs say so now
+        removed = state.store.dead_letter_missing_actions(config.actions)
+        if removed:
+            logs.warning("dead-lettered jobs of actions no longer in the rules file", jobs=removed)
 
     app = Flask("router")
     app.extensions["router"] = state

@@ -31,21 +31,22 @@ def decide(job: Job, spec: ActionSpec, error: DeliveryError, now: float, rng: ra
     hold = None
     if error.retry_after is not None and error.status == 429:
         hold = now + error.retry_after  # the destination asked the whole action to wait
-    if error.retryable and job.attempts <= len(schedule):
+    n = job.round_attempt
+    if error.retryable and n <= len(schedule):
         if error.retry_after is not None:
             delay = error.retry_after
         else:
             jitter = spec.retry.jitter
-            delay = schedule[job.attempts - 1] * (1 + rng.uniform(-jitter, jitter))
+            delay = schedule[n - 1] * (1 + rng.uniform(-jitter, jitter))
         return Outcome(
             job.id, job.lease_owner, job.action, job.attempts, "pending", now,
             next_ts=now + max(0.0, delay), status=error.status, error=error.message, retryable=True,
             hold_action_until=hold,
         )
-    reason = error.message if not error.retryable else f"gave up after {job.attempts} attempts: {error.message}"
+    reason = error.message if not error.retryable else f"gave up after {n} attempts: {error.message}"
     return Outcome(
-        job.id, job.lease_owner, job.action, job.attempts, "dead", now,
-        next_ts=now, status=error.status, error=reason, retryable=error.retryable, hold_action_until=hold,
+        job.id, job.lease_owner, job.action, job.attempts, "dead", now, next_ts=now, status=error.status,
+        error=error.message, reason=reason, retryable=error.retryable, hold_action_until=hold,
     )
 
 
@@ -176,11 +177,7 @@ class Deliverer:
             job = self._work.get()
             if job is None:
                 return
-            try:
-                outcome = self.attempt(job)
-            except Exception as exc:  # never lose the job to a bug: retry it like a transient failure
-                outcome = Outcome(job.id, job.lease_owner, job.action, job.attempts, "pending", now_ts(),
-                                  next_ts=now_ts() + 30, error=f"internal error: {type(exc).__name__}", retryable=True)
+            outcome = self.attempt(job)
             self._outcomes.put(outcome)
             with self._busy_lock:
                 self._busy -= 1
@@ -212,11 +209,14 @@ class Deliverer:
             status = spec.impl.deliver(delivery_for(job))
         except DeliveryError as error:
             return self._failed(job, spec, error, started)
+        except Exception as exc:  # a bug of ours: never lose the job to it; the schedule still applies
+            error = DeliveryError(f"internal error: {type(exc).__name__}: {exc}", retryable=True)
+            return self._failed(job, spec, error, started)
         latency = (time.perf_counter() - started) * 1000
         metrics.delivery(job.action, "delivered", latency / 1000)
         logs.info(
-            "delivery", event_id=job.event_id, rule=job.rule, action=job.action, attempt=job.attempts,
-            outcome="delivered", status=status, latency_ms=round(latency, 2),
+            "delivery", event_id=job.event_id, provider=job.event.get("provider"), rule=job.rule, action=job.action,
+            attempt=job.attempts, outcome="delivered", status=status, latency_ms=round(latency, 2),
         )
         return Outcome(job.id, job.lease_owner, job.action, job.attempts, "delivered", now_ts(),
                        status=status, latency_ms=latency)
@@ -225,14 +225,15 @@ class Deliverer:
         latency = (time.perf_counter() - started) * 1000
         now = now_ts()
         if spec is None:
-            outcome = Outcome(job.id, job.lease_owner, job.action, job.attempts, "dead", now, error=error.message)
+            outcome = Outcome(job.id, job.lease_owner, job.action, job.attempts, "dead", now, error=error.message,
+                              reason=error.message)
         else:
             outcome = decide(job, spec, error, now)
         outcome.latency_ms = latency
         label = "retry" if outcome.state == "pending" else "dead"
         metrics.delivery(job.action, label, latency / 1000)
         logs.info(
-            "delivery", event_id=job.event_id, rule=job.rule, action=job.action, attempt=job.attempts,
-            outcome=label, status=error.status, error=error.message, latency_ms=round(latency, 2),
+            "delivery", event_id=job.event_id, provider=job.event.get("provider"), rule=job.rule, action=job.action,
+            attempt=job.attempts, outcome=label, status=error.status, error=error.message, latency_ms=round(latency, 2),
         )
         return outcome

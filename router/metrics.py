@@ -88,7 +88,7 @@ def init(store_path: Path) -> None:
         attempts=Counter("router_delivery_attempts", "Delivery attempts made, by action.", ["action"], **kw),
         latency=Histogram("router_delivery_latency_seconds", "Time of one delivery attempt, by action.", ["action"],
                           buckets=LATENCY_BUCKETS, **kw),
-        ingest_latency=Histogram("router_ingest_latency_seconds", "Time from request to answer for accepted events.",
+        ingest_latency=Histogram("router_ingest_latency_seconds", "Time from request to answer for accepted and duplicate events.",
                                  ["provider"], buckets=LATENCY_BUCKETS, **kw),
         reloads=Counter("router_rules_reloads", "Successful rules reloads.", **kw),
         reload_failures=Counter("router_rules_reload_failures", "Rules reloads refused because the file was invalid.", **kw),

@@ -14,12 +14,17 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from router import config as config_mod
-from router import logs
+from router import logs, metrics
 from router.errors import ConfigError
 
 
 def default_workers() -> int:
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
+
+
+# gunicorn's default access log prints the request line with its query string, where a `token`
+# may ride (Namirial's setup): log the path only.
+ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'
 
 
 class _Arbiter(Arbiter):
@@ -30,8 +35,10 @@ class _Arbiter(Arbiter):
         except ConfigError as exc:
             logs.error("rules reload refused; the old rules keep serving", rules=rules,
                        problems=[str(p) for p in exc.problems])
+            metrics.reload(False)
             return
         logs.info("rules reloaded; restarting workers", rules=rules)
+        metrics.reload(True)
         super().handle_hup()
 
 
@@ -62,7 +69,9 @@ def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: in
         delivery: bool) -> None:
     os.environ["ROUTER_RULES"] = rules
     os.environ["ROUTER_DELIVERY"] = "on" if delivery else "off"
-    logs.setup()
+    config = config_mod.load(rules)
+    logs.setup(config.redactor)
+    metrics.init(config.settings.store)  # the master counts reloads; workers inherit the folder
     options = {
         "bind": bind,
         "workers": workers or default_workers(),
@@ -72,6 +81,7 @@ def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: in
         "graceful_timeout": 30,
         "keepalive": 5,
         "accesslog": "-" if access_log else None,
+        "access_log_format": ACCESS_LOG_FORMAT,
         "errorlog": "-",
         "proc_name": "router",
         "limit_request_line": 8190,

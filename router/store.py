@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     action TEXT NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
+    round_start INTEGER NOT NULL DEFAULT 0,
     next_ts REAL NOT NULL,
     lease_owner TEXT,
     created_ts REAL NOT NULL,
@@ -134,10 +135,16 @@ class Job:
     event_id: str
     rule: str
     action: str
-    attempts: int  # including the one now claimed
+    attempts: int  # every attempt ever made, including the one now claimed; numbers the attempts
     lease_owner: str
     created_ts: float
     event: dict[str, Any] = field(default_factory=dict)
+    round_start: int = 0  # attempts made before the last replay; the retry schedule counts from here
+
+    @property
+    def round_attempt(self) -> int:
+        """Which attempt of the current round (1 = first) this is."""
+        return self.attempts - self.round_start
 
 
 def connect(path: Path, *, synchronous: str) -> sqlite3.Connection:
@@ -360,13 +367,13 @@ class Store:
         with _transaction(conn, self.write_lock):
             blocked = {a for (a,) in conn.execute("SELECT action FROM rates WHERE next_ts > ?", (now,))}
             rows = conn.execute(
-                "SELECT id, event_id, rule, action, attempts, lease_owner, created_ts FROM jobs"
+                "SELECT id, event_id, rule, action, attempts, lease_owner, created_ts, round_start FROM jobs"
                 " WHERE state = 'pending' AND next_ts <= ? ORDER BY next_ts LIMIT ?",
                 (now, max(limit * 4, limit + len(blocked) * 8)),
             ).fetchall()
             taken_rated: set[str] = set()
             lost: list[tuple] = []
-            for job_id, event_id, rule, action, attempts, previous_owner, created_ts in rows:
+            for job_id, event_id, rule, action, attempts, previous_owner, created_ts, round_start in rows:
                 if len(claimed) >= limit:
                     break
                 if action in blocked or action in taken_rated:
@@ -388,7 +395,8 @@ class Store:
                     "UPDATE jobs SET attempts = attempts + 1, lease_owner = ?, next_ts = ?, updated_ts = ? WHERE id = ?",
                     (owner, now + lease, now, job_id),
                 )
-                claimed.append(Job(job_id, event_id, rule, action, attempts + 1, owner, created_ts))
+                claimed.append(Job(job_id, event_id, rule, action, attempts + 1, owner, created_ts,
+                                   round_start=round_start))
             if lost:
                 conn.executemany(
                     "INSERT OR IGNORE INTO attempts (job_id, n, at_ts, status, error, latency_ms, retryable)"
@@ -440,7 +448,7 @@ class Store:
                 cur = conn.execute(
                     "UPDATE jobs SET state = ?, lease_owner = NULL, next_ts = ?, updated_ts = ?, last_status = ?, last_error = ?"
                     " WHERE id = ? AND lease_owner = ? AND state = 'pending' AND attempts = ?",
-                    (o.state, o.next_ts, o.at, o.status, o.error, o.job_id, o.owner, o.attempt),
+                    (o.state, o.next_ts, o.at, o.status, o.reason or o.error, o.job_id, o.owner, o.attempt),
                 )
                 if cur.rowcount:
                     applied += 1
@@ -469,18 +477,13 @@ class Store:
         now = now_ts() if now is None else now
         conn = self._conn("work")
         with _transaction(conn, self.write_lock):
-            if ident.isdigit():
-                cur = conn.execute(
-                    "UPDATE jobs SET state = 'pending', next_ts = ?, updated_ts = ?, lease_owner = NULL, attempts = 0"
-                    " WHERE id = ? AND state = 'dead'",
-                    (now, now, int(ident)),
-                )
-            else:
-                cur = conn.execute(
-                    "UPDATE jobs SET state = 'pending', next_ts = ?, updated_ts = ?, lease_owner = NULL, attempts = 0"
-                    " WHERE event_id = ? AND state = 'dead'",
-                    (now, now, ident),
-                )
+            # attempts keep counting (the history keeps every one); the schedule restarts from here
+            column = "id" if ident.isdigit() else "event_id"
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'pending', next_ts = ?, updated_ts = ?, lease_owner = NULL,"
+                f" round_start = attempts WHERE {column} = ? AND state = 'dead'",
+                (now, now, int(ident) if ident.isdigit() else ident),
+            )
             return cur.rowcount
 
     def dead_letter_missing_actions(self, known: Iterable[str], now: float | None = None) -> int:
@@ -554,7 +557,8 @@ class Outcome:
     at: float
     next_ts: float = 0.0
     status: int | None = None
-    error: str | None = None
+    error: str | None = None  # this attempt's own error
+    reason: str | None = None  # why the job is dead, when it is (kept on the job)
     latency_ms: float | None = None
     retryable: bool = False
     hold_action_until: float | None = None

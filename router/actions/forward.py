@@ -89,7 +89,7 @@ class ForwardAction(Action):
         self.sign_key: bytes | None = options["sign"]
         self.follow_redirects = bool(options["follow_redirects"])
 
-    def _request(self, d: Delivery) -> tuple[dict[str, str], bytes]:
+    def _request(self, d: Delivery) -> tuple[dict[str, Any], bytes]:
         context = d.context()
         try:
             headers = {name: t.render(context) for name, t in self.headers.items()}
@@ -117,6 +117,9 @@ class ForwardAction(Action):
                 "X-Router-Attempt": str(d.attempt),
             }
         )
+        for name, value in out.items():
+            if not value.isascii():
+                out[name] = value.encode("utf-8")  # type: ignore[assignment]  # sent as bytes, not mangled
         if self.sign_key is not None:
             # the id is stable across retries, so a receiver can deduplicate on it
             digest = hashlib.sha256(f"{d.rule}\0{self.name}".encode()).hexdigest()[:12]
@@ -125,6 +128,7 @@ class ForwardAction(Action):
 
     def preview(self, delivery: Delivery) -> dict[str, Any]:
         headers, body = self._request(delivery)
+        headers = {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in headers.items()}
         if self.sign_key is not None:
             headers["webhook-signature"] = "v1,<computed at delivery>"
         for name in self.headers:
@@ -138,4 +142,4 @@ class ForwardAction(Action):
             self.method, self.url, headers=headers, data=body, timeout=self.timeout, follow_redirects=self.follow_redirects
         )
         http.raise_for_status(response, self.settings.retry_after_cap)
-        return response.status_code
+        return response.status

@@ -66,7 +66,7 @@ class SlackAction(Action):
         body = json.dumps(self.message(delivery), ensure_ascii=False).encode("utf-8")
         headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": http.USER_AGENT}
         response = http.send("POST", self.webhook_url.reveal(), headers=headers, data=body, timeout=self.timeout)
-        if response.status_code == 200:
+        if response.status == 200:
             return 200
         http.raise_for_status(response, self.settings.retry_after_cap)
-        return response.status_code
+        return response.status

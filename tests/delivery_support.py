@@ -1,0 +1,335 @@
+"""Helpers for the delivery tests: path-routed downstreams, a Slack stand-in, store probes, polling.
+
+The real gunicorn (`RouterServer`), the recording types (`Recorded`, `Reply`) and the CLI runner come
+from tests/helpers.py; what is here is only what the delivery tests need beyond them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+
+from helpers import Recorded, Reply, RouterServer, free_port
+
+T = TypeVar("T")
+
+# A retry schedule short enough for tests: two retries 200 ms apart, no jitter.
+FAST_RETRY = "{schedule: [200ms, 200ms], jitter: 0}"
+FINAL_STATES = frozenset({"delivered", "dead"})
+
+
+# --------------------------------------------------------------------------- polling
+
+
+def wait_until(probe: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05, what: str = "") -> T:
+    """Call `probe` until it returns something truthy, or fail after `timeout` seconds with its last value."""
+    end = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() >= end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or probe!r}; last value: {last!r}")
+        time.sleep(interval)  # polling interval, bounded by the deadline above
+
+
+# --------------------------------------------------------------------------- real HTTP servers
+
+
+class HttpServer:
+    """A real HTTP/1.1 server on 127.0.0.1 that records every request and answers through `respond`.
+
+    Subclasses decide the answer; the recording, waiting and lifecycle are shared.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self._cond = threading.Condition()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                with outer._cond:
+                    reply = outer.respond(rec)
+                    outer.requests.append(rec)
+                    outer._cond.notify_all()
+                if reply.delay:
+                    time.sleep(reply.delay)  # a simulated slow server, not a test wait
+                payload = reply.body.encode("utf-8") if isinstance(reply.body, str) else reply.body
+                try:
+                    self.send_response(reply.status)
+                    for k, v in reply.headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the router gave up waiting (its timeout): that is what a delay is for
+                self.close_connection = True
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name=type(self).__name__, daemon=True)
+
+    def respond(self, rec: Recorded) -> Reply:  # called with the lock held
+        return Reply()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> HttpServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> HttpServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def to(self, path: str) -> list[Recorded]:
+        with self._cond:
+            return [r for r in self.requests if r.path.split("?")[0] == path]
+
+    def wait_for(self, n: int = 1, *, path: str | None = None, timeout: float = 15.0,
+                 where: Callable[[Recorded], bool] | None = None) -> list[Recorded]:
+        """Block until at least n matching requests have arrived; return all matching ones."""
+
+        def matching() -> list[Recorded]:
+            return [r for r in self.requests
+                    if (path is None or r.path.split("?")[0] == path) and (where is None or where(r))]
+
+        end = time.monotonic() + timeout
+        with self._cond:
+            while len(matching()) < n:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"expected {n} request(s) to {path or 'any path'} within {timeout}s, "
+                                         f"got {len(matching())}")
+                self._cond.wait(left)
+            return matching()
+
+
+class ScriptedServer(HttpServer):
+    """Answers per path: queued replies first (`script`), then the path's default, then 200 `ok`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
+        self._defaults: dict[str, Reply] = {}
+
+    def script(self, path: str, *replies: Reply, then: Reply | None = None) -> None:
+        with self._cond:
+            self._scripts[path].extend(replies)
+            if then is not None:
+                self._defaults[path] = then
+
+    def respond(self, rec: Recorded) -> Reply:
+        path = rec.path.split("?")[0]
+        queued = self._scripts.get(path)
+        if queued:
+            return queued.popleft()
+        return self._defaults.get(path, Reply())
+
+
+class SlackStandIn(HttpServer):
+    """Slack's incoming-webhook contract, as documented, for a few webhooks:
+
+    - a known webhook answers 200 with the body `ok` to a JSON object with `text` or `blocks`;
+      a body that is not such an object gets 400 `invalid_payload` (or `no_text`);
+    - more than one message per `min_interval` seconds to one webhook gets 429 with `Retry-After: 1`;
+    - webhooks for a deleted or archived channel answer 404 `channel_not_found` / 410 `channel_is_archived`;
+      a revoked one answers 403 `invalid_token`; an unknown path answers 404 `no_service`.
+
+    `script(path, Reply...)` overrides the next answers of one webhook (e.g. a 429 Slack chose to send).
+    """
+
+    GONE = {
+        "/services/T000/B000/deleted": Reply(404, "channel_not_found"),
+        "/services/T000/B000/archived": Reply(410, "channel_is_archived"),
+        "/services/T000/B000/revoked": Reply(403, "invalid_token"),
+        "/services/T000/B000/broken": Reply(400, "invalid_payload"),
+    }
+
+    def __init__(self, min_interval: float = 0.0) -> None:
+        super().__init__()
+        self.min_interval = min_interval
+        self.hooks: set[str] = set()
+        self._last: dict[str, float] = {}
+        self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
+        self.rate_limited: list[Recorded] = []  # 429s the limiter (not a script) sent
+
+    def hook(self, name: str) -> str:
+        """Register a working webhook and return its path."""
+        path = f"/services/T000/B000/{name}"
+        self.hooks.add(path)
+        return path
+
+    def script(self, path: str, *replies: Reply) -> None:
+        with self._cond:
+            self._scripts[path].extend(replies)
+
+    def respond(self, rec: Recorded) -> Reply:
+        path = rec.path.split("?")[0]
+        if self._scripts.get(path):
+            return self._scripts[path].popleft()
+        if path in self.GONE:
+            return self.GONE[path]
+        if path not in self.hooks:
+            return Reply(404, "no_service")
+        last = self._last.get(path)
+        self._last[path] = rec.at
+        if last is not None and rec.at - last < self.min_interval:
+            self.rate_limited.append(rec)
+            return Reply(429, "rate_limited", headers={"Content-Type": "text/plain", "Retry-After": "1"})
+        try:
+            message = json.loads(rec.body)
+        except ValueError:
+            return Reply(400, "invalid_payload")
+        if not isinstance(message, dict):
+            return Reply(400, "invalid_payload")
+        if not message.get("text") and not message.get("blocks"):
+            return Reply(400, "no_text")
+        return Reply(200, "ok")
+
+
+def refused_url(path: str = "/") -> str:
+    """A loopback URL where nothing listens (connection refused)."""
+    return f"http://127.0.0.1:{free_port()}{path}"
+
+
+# --------------------------------------------------------------------------- posting events
+
+
+def post_event(server: RouterServer, payload: dict, *, provider: str = "src", timeout: float = 15) -> str:
+    """Post a JSON event to an unsigned provider; return its event id (the answer must be 200)."""
+    response = server.post(f"/hooks/{provider}", payload, timeout=timeout)
+    assert response.status_code == 200, (response.status_code, response.text)
+    return response.json()["event_id"]
+
+
+# --------------------------------------------------------------------------- the store, read directly
+
+
+JOB_COLUMNS = ("id", "rule", "action", "state", "attempts", "last_status", "last_error", "lease_owner")
+ATTEMPT_COLUMNS = ("n", "at_ts", "status", "error", "latency_ms", "retryable")
+
+
+def jobs_of(store: Path, event_id: str) -> list[dict[str, Any]]:
+    rows = _query(store, f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE event_id = ? ORDER BY id", (event_id,))
+    return [dict(zip(JOB_COLUMNS, row)) for row in rows]
+
+
+def attempts_of(store: Path, job_id: int) -> list[dict[str, Any]]:
+    rows = _query(store, f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM attempts WHERE job_id = ? ORDER BY n", (job_id,))
+    return [dict(zip(ATTEMPT_COLUMNS, row)) for row in rows]
+
+
+def wait_final(store: Path, event_id: str, *, timeout: float = 15.0) -> list[dict[str, Any]]:
+    """Wait until every job of the event is delivered or dead; return the jobs."""
+
+    def settled() -> list[dict[str, Any]] | None:
+        jobs = jobs_of(store, event_id)
+        return jobs if jobs and all(j["state"] in FINAL_STATES for j in jobs) else None
+
+    return wait_until(settled, timeout=timeout, what=f"the jobs of {event_id} to settle")
+
+
+def wait_one_final(store: Path, event_id: str, *, timeout: float = 15.0) -> dict[str, Any]:
+    jobs = wait_final(store, event_id, timeout=timeout)
+    assert len(jobs) == 1, jobs
+    return jobs[0]
+
+
+def _query(store: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    if not Path(store).exists():
+        return []
+    con = sqlite3.connect(str(store), timeout=10)
+    try:
+        return con.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        con.close()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of a process, from /proc (every thread's list)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return sorted(set(found))
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def kill9(pids: Iterable[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def kill_router_hard(server: RouterServer) -> list[int]:
+    """`kill -9` a gunicorn master and every one of its workers, by PID; wait until all are gone."""
+    assert server.proc is not None
+    master = server.proc.pid
+    workers = children_of(master)
+    assert workers, "the gunicorn master has no workers to kill"
+    kill9([master])  # the master first, so it cannot fork replacements for the workers
+    kill9(workers)
+    server.proc.wait(timeout=10)
+    wait_until(lambda: not any(alive(p) for p in workers), timeout=10, what="the killed workers to be gone")
+    server.proc = None
+    return [master, *workers]
+
+
+def healthy(url: str) -> bool:
+    try:
+        return requests.get(url + "/healthz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False

@@ -1,0 +1,205 @@
+"""The delivery promise under `kill -9` (SPEC section 6): every event answered 200 is delivered at
+least once after every router process is killed and the router is started again, and a job whose
+worker died mid-delivery is taken by another once its lease runs out.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from delivery_support import ScriptedServer, alive, attempts_of, jobs_of, kill_router_hard, wait_until
+from helpers import Reply, RouterServer
+from router.store import NewEvent, Store, now_ts
+
+THREADS = 6
+PER_THREAD = 50
+HANG_TIMEOUT = 2.0  # the hang action's timeout; its lease is this plus 15 s
+LEASE = HANG_TIMEOUT + 15.0
+
+
+@pytest.fixture
+def site() -> ScriptedServer:
+    with ScriptedServer() as server:
+        yield server
+
+
+def rules(site: ScriptedServer) -> str:
+    return f"""\
+version: 1
+settings:
+  retry: {{schedule: [200ms, 200ms, 500ms, 1s], jitter: 0}}
+providers:
+  src: {{type: none}}
+actions:
+  sink: {{type: forward, url: "{site.url}/sink", timeout: 2s}}
+  hang: {{type: forward, url: "{site.url}/hang", timeout: {HANG_TIMEOUT}s}}
+rules:
+  - {{name: burst, when: {{case: burst}}, actions: [sink]}}
+  - {{name: stuck, when: {{case: hang}}, actions: [hang]}}
+"""
+
+
+class Burst:
+    """Threads that post events until they have sent their share or the router stops answering."""
+
+    def __init__(self, server: RouterServer):
+        self.server = server
+        self.acknowledged: dict[str, dict] = {}  # event_id -> payload
+        self.failed = 0
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(t,), daemon=True) for t in range(THREADS)]
+
+    def start(self) -> Burst:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join(30)
+            assert not t.is_alive()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.acknowledged)
+
+    def _run(self, t: int) -> None:
+        session = requests.Session()
+        for i in range(PER_THREAD):
+            payload = {"case": "burst", "thread": t, "i": i}
+            try:
+                response = session.post(self.server.url + "/hooks/src", json=payload, timeout=10)
+            except requests.RequestException:
+                with self._lock:
+                    self.failed += 1
+                return  # the router is gone
+            if response.status_code == 200:
+                with self._lock:
+                    self.acknowledged[response.json()["event_id"]] = payload
+            else:
+                with self._lock:
+                    self.failed += 1
+
+
+def test_acknowledged_events_survive_kill_9_of_every_router_process(start_router, site: ScriptedServer) -> None:
+    site.script("/sink", then=Reply(200, "ok", delay=0.02))  # keep deliveries in flight when the kill comes
+    site.script("/hang", Reply(200, "too late", delay=HANG_TIMEOUT + 10))
+    server = start_router(rules(site), workers=2, name="crash")
+
+    burst = Burst(server).start()
+    wait_until(lambda: burst.count() >= 40, timeout=20, what="40 acknowledged events")
+    hang = server.post("/hooks/src", {"case": "hang"})
+    assert hang.status_code == 200
+    hang_id = hang.json()["event_id"]
+    [first_hang] = site.wait_for(path="/hang", timeout=10)  # a worker is now mid-delivery
+
+    killed = kill_router_hard(server)
+    assert not any(alive(pid) for pid in killed)
+    burst.join()
+    acknowledged = set(burst.acknowledged)
+    assert burst.failed > 0 and len(acknowledged) < THREADS * PER_THREAD, "the kill came after the burst ended"
+
+    # every acknowledged event is in the store, whatever its delivery state
+    stored = {row[0] for row in server.query("SELECT id FROM events")}
+    assert acknowledged <= stored
+    [hang_job] = jobs_of(server.store_path, hang_id)
+    assert hang_job["state"] == "pending" and hang_job["lease_owner"] is not None  # claimed by a dead worker
+
+    server.start()
+
+    def delivered_ids() -> set[str]:
+        return {r.headers.get("x-router-event-id", "") for r in site.to("/sink")}
+
+    wait_until(lambda: acknowledged <= delivered_ids(), timeout=LEASE + 20,
+               what="every acknowledged event to reach the downstream")
+
+    # the job claimed by the killed worker is taken again once its lease has run out, not before
+    second_hang = site.wait_for(2, path="/hang", timeout=LEASE + 20)[1]
+    assert second_hang.headers["x-router-event-id"] == hang_id
+    assert second_hang.at - first_hang.at >= LEASE - 1.0, second_hang.at - first_hang.at
+    job = wait_until(lambda: [j for j in jobs_of(server.store_path, hang_id) if j["state"] == "delivered"],
+                     what="the hang job to be delivered")[0]
+    assert job["attempts"] == 2
+    history = attempts_of(server.store_path, job["id"])
+    assert [a["n"] for a in history] == [1, 2]
+    assert "lease expired" in history[0]["error"]
+
+
+# --------------------------------------------------------------------------- leases, at the store level
+
+
+def one_job(store: Store, action: str = "act") -> str:
+    received = now_ts()
+    event = NewEvent(id=f"evt_lease_{received}", provider="src", received_ts=received, headers={}, query={},
+                     content_type="application/json", body=b"{}", matched=["r"], jobs=[("r", action)])
+    return store.ingest(event).event_id
+
+
+def test_lease_keeps_a_claimed_job_from_others_until_it_expires(tmp_path: Path) -> None:
+    store = Store(tmp_path / "router.db")
+    try:
+        event_id = one_job(store)
+        t0 = now_ts() + 1
+        leases = {"act": 5.0}
+
+        [job] = store.claim("worker-a", 4, leases, {}, now=t0)
+        assert (job.event_id, job.attempts, job.lease_owner) == (event_id, 1, "worker-a")
+        assert job.event["body"] == b"{}"
+
+        assert store.claim("worker-b", 4, leases, {}, now=t0 + 0.1) == []
+        assert store.claim("worker-b", 4, leases, {}, now=t0 + 4.9) == []
+
+        [again] = store.claim("worker-b", 4, leases, {}, now=t0 + 5.01)
+        assert (again.id, again.attempts, again.lease_owner) == (job.id, 2, "worker-b")
+        lost = attempts_of(store.path, job.id)
+        assert [(a["n"], a["status"]) for a in lost] == [(1, None)]
+        assert "lease expired" in lost[0]["error"]
+
+        # the worker that lost its lease reports late: its word no longer counts
+        from router.store import Outcome
+
+        late = Outcome(job.id, "worker-a", "act", 1, "delivered", t0 + 6, status=200)
+        assert store.finish([late]) == 0
+        assert jobs_of(store.path, event_id)[0]["state"] == "pending"
+
+        done = Outcome(job.id, "worker-b", "act", 2, "delivered", t0 + 6, status=200)
+        assert store.finish([done]) == 1
+        [row] = jobs_of(store.path, event_id)
+        assert (row["state"], row["attempts"], row["lease_owner"]) == ("delivered", 2, None)
+        assert store.claim("worker-c", 4, leases, {}, now=t0 + 100) == []
+    finally:
+        store.close()
+
+
+def test_released_job_is_due_at_once_for_another_worker(tmp_path: Path) -> None:
+    from router.store import Outcome
+
+    store = Store(tmp_path / "router.db")
+    try:
+        one_job(store)
+        t0 = now_ts() + 1
+        [job] = store.claim("worker-a", 1, {"act": 60.0}, {}, now=t0)
+        assert store.finish([Outcome(job.id, "worker-a", "act", 1, "released", t0 + 0.1)]) == 1
+        [again] = store.claim("worker-b", 1, {"act": 60.0}, {}, now=t0 + 0.2)
+        assert (again.id, again.attempts) == (job.id, 1)  # a hand-back is not an attempt
+    finally:
+        store.close()
+
+
+def test_rate_slot_is_shared_between_owners(tmp_path: Path) -> None:
+    store = Store(tmp_path / "router.db")
+    try:
+        for _ in range(3):
+            one_job(store, "slow")
+        t0 = now_ts() + 1
+        rates = {"slow": 2.0}
+        assert len(store.claim("worker-a", 8, {}, rates, now=t0)) == 1  # one per claim for a rated action
+        assert store.claim("worker-b", 8, {}, rates, now=t0 + 0.3) == []  # the slot is held for 0.5 s
+        assert len(store.claim("worker-b", 8, {}, rates, now=t0 + 0.51)) == 1
+    finally:
+        store.close()
+
