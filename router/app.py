@@ -26,6 +26,10 @@ BODY_TIMEOUT = float(os.environ.get("ROUTER_BODY_TIMEOUT", "10"))  # seconds for
 
 class BodyTimeout(Exception):
     pass
+
+
+class BadFraming(Exception):
+    pass
 WATCH_INTERVAL = 2.0  # seconds between looks at the rules file
 
 
@@ -60,12 +64,13 @@ class RouterState:
         """Run delivery workers in this process (each gunicorn worker, or `router worker`)."""
         from router.delivery import Deliverer
 
-        if self.deliverer is not None and self.deliverer.alive() and self.store.pid == os.getpid():
+        if self.deliverer is not None and self.deliverer.alive() and self._store is not None \
+                and self._store.pid == os.getpid():
             return
-        self.deliverer = Deliverer(lambda: self.config, self.store).start()
+        self.deliverer = Deliverer(lambda: self.config, lambda: self.store).start()
 
     def stop_delivery(self, grace: float = 10.0) -> None:
-        if self.deliverer is not None and self.store.pid == os.getpid():
+        if self.deliverer is not None and self._store is not None and self._store.pid == os.getpid():
             self.deliverer.stop(grace)
 
     # ------------------------------------------------------------------ reload
@@ -190,9 +195,12 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
     state.remember_good_rules()
     if stale_reason is None:
         # a restart (or gunicorn's HUP) onto rules without an action: its pending jobs say so now
-        removed = state.store.dead_letter_missing_actions(config.actions)
-        if removed:
-            logs.warning("dead-lettered jobs of actions no longer in the rules file", jobs=removed)
+        try:
+            removed = state.store.dead_letter_missing_actions(config.actions)
+            if removed:
+                logs.warning("dead-lettered jobs of actions no longer in the rules file", jobs=removed)
+        except Exception as exc:  # a locked store must not stop the worker booting; delivery catches up
+            logs.warning("could not check for jobs of removed actions", error=f"{type(exc).__name__}: {exc}")
 
     app = Flask("router")
     app.extensions["router"] = state
@@ -222,6 +230,8 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
                     chunk = stream.read(min(READ_CHUNK, limit + 1 - total))
                 except (TimeoutError, OSError) as exc:
                     raise BodyTimeout() from exc
+                except Exception as exc:  # gunicorn's ParseException: broken chunked framing
+                    raise BadFraming() from exc
                 if not chunk:
                     break
                 chunks.append(chunk)
@@ -260,6 +270,10 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
             body = read_body(limit)
         except BodyTimeout:
             response = refused(provider_name, 408, "body_timeout", "the body did not arrive in time", started)
+            response.headers["Connection"] = "close"
+            return response
+        except BadFraming:
+            response = refused(provider_name, 400, "invalid_body", "the body's chunked framing is broken", started)
             response.headers["Connection"] = "close"
             return response
         if body is None:
@@ -338,6 +352,9 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
         provider_name = state.config.paths.get(full)
         if provider_name is None:
             if full.startswith("/hooks/") and full.count("/") == 2:
+                # /hooks/<name>/ with its trailing slash: the same endpoint
+                if request.method == "POST":
+                    return receive(full[len("/hooks/"):])
                 return _method_not_allowed("POST")
             if full in ("/healthz", "/readyz", "/metrics"):
                 return _method_not_allowed("GET")

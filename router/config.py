@@ -39,13 +39,27 @@ class Source:
     key_marks: dict[PathT, tuple[int, int]]
 
 
+MAX_NODES = 200_000  # an alias bomb expands past this; no honest rules file comes near it
+
+
+class _TooBig(Exception):
+    pass
+
+
 def _parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | None:
     value_marks: dict[PathT, tuple[int, int]] = {}
     key_marks: dict[PathT, tuple[int, int]] = {}
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # e.g. a control character the YAML reader refuses
+        problems.append(_yaml_problem(filename, exc))
+        return None
     try:
         try:
             root = loader.get_single_node()
+        except RecursionError:
+            problems.append(Problem(filename, 1, 1, "yaml", "the file is nested too deeply to read"))
+            return None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -63,8 +77,32 @@ def _parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | N
         def pos(node: yaml.Node) -> tuple[int, int]:
             return node.start_mark.line + 1, node.start_mark.column + 1
 
+        count = [0]
+        on_path: set[int] = set()  # the nodes being converted: meeting one again is an alias cycle
+
         def convert(node: yaml.Node, path: PathT) -> Any:
+            count[0] += 1
+            if count[0] > MAX_NODES:
+                raise _TooBig()
+            if id(node) in on_path:
+                line, col = pos(node)
+                problems.append(Problem(filename, line, col, _fmt(path), "recursive alias: a node that contains itself"))
+                return None
             value_marks[path] = pos(node)
+            if not isinstance(node, yaml.ScalarNode):
+                on_path.add(id(node))
+                try:
+                    return convert_collection(node, path)
+                finally:
+                    on_path.discard(id(node))
+            try:
+                return loader.construct_object(node, deep=True)
+            except (yaml.YAMLError, ValueError, OverflowError) as exc:
+                line, col = pos(node)
+                problems.append(Problem(filename, line, col, _fmt(path), f"invalid value: {str(exc)[:200]}"))
+                return None
+
+        def convert_collection(node: yaml.Node, path: PathT) -> Any:
             if isinstance(node, yaml.MappingNode):
                 loader.flatten_mapping(node)  # honours `<<: *anchor` merges
                 out: dict[str, Any] = {}
@@ -81,18 +119,32 @@ def _parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | N
                     key_marks[path + (key,)] = pos(key_node)
                     out[key] = convert(value_node, path + (key,))
                 return out
-            if isinstance(node, yaml.SequenceNode):
-                return [convert(item, path + (i,)) for i, item in enumerate(node.value)]
-            try:
-                return loader.construct_object(node, deep=True)
-            except yaml.YAMLError as exc:
-                line, col = pos(node)
-                problems.append(Problem(filename, line, col, _fmt(path), f"invalid value: {exc}"))
-                return None
+            return [convert(item, path + (i,)) for i, item in enumerate(node.value)]
 
-        return Source(filename, convert(root, ()), value_marks, key_marks)
+        try:
+            data = convert(root, ())
+        except _TooBig:
+            problems.append(Problem(filename, 1, 1, "yaml", f"the file expands to more than {MAX_NODES:,} nodes "
+                                    "(aliases repeated inside aliases?)"))
+            return None
+        except RecursionError:
+            problems.append(Problem(filename, 1, 1, "yaml", "the file is nested too deeply to read"))
+            return None
+        except yaml.YAMLError as exc:  # e.g. a bad merge key
+            problems.append(_yaml_problem(filename, exc))
+            return None
+        return Source(filename, data, value_marks, key_marks)
     finally:
         loader.dispose()
+
+
+def _yaml_problem(filename: str, exc: Exception) -> Problem:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    if mark is None and hasattr(exc, "position"):  # ReaderError: a character position in the text
+        line, col = 1, 1
+    text = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return Problem(filename, line, col, "yaml", f"YAML error: {text}")
 
 
 def _fmt(path: PathT) -> str:
@@ -635,7 +687,11 @@ def loads(text: str, filename: str = "<rules>", *, base_dir: Path | None = None,
         raise ConfigError(problems)
     ctx = Ctx(source, (base_dir or Path.cwd()).resolve(), os.environ if env is None else env)
     ctx.problems.extend(problems)
-    config = _build(ctx)
+    try:
+        config = _build(ctx)
+    except RecursionError:
+        ctx.problems.append(Problem(filename, 1, 1, "(root)", "the file is nested too deeply to check"))
+        config = None
     found = ctx.finish()
     if found or config is None:
         raise ConfigError(found or [Problem(filename, 1, 1, "(root)", "invalid rules file")])

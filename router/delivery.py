@@ -69,9 +69,10 @@ def delivery_for(job: Job) -> Delivery:
 class Deliverer:
     """Delivery workers of one process."""
 
-    def __init__(self, get_config: Callable[[], Config], store: Store, *, concurrency: int | None = None):
+    def __init__(self, get_config: Callable[[], Config], get_store: Callable[[], Store] | Store, *,
+                 concurrency: int | None = None):
         self.get_config = get_config
-        self.store = store
+        self._get_store = get_store if callable(get_store) else (lambda: get_store)
         self.concurrency = concurrency or get_config().settings.delivery_concurrency
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self._work: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -84,6 +85,10 @@ class Deliverer:
         self._dispatcher: threading.Thread | None = None
         self._last_prune = 0.0
         self.heartbeat = time.monotonic()
+
+    @property
+    def store(self) -> Store:
+        return self._get_store()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -208,6 +213,9 @@ class Deliverer:
         try:
             status = spec.impl.deliver(delivery_for(job))
         except DeliveryError as error:
+            return self._failed(job, spec, error, started)
+        except UnicodeError as exc:  # the same bytes fail the same way every time
+            error = DeliveryError(f"cannot encode the delivery: {type(exc).__name__}", retryable=False)
             return self._failed(job, spec, error, started)
         except Exception as exc:  # a bug of ours: never lose the job to it; the schedule still applies
             error = DeliveryError(f"internal error: {type(exc).__name__}: {exc}", retryable=True)

@@ -1,8 +1,8 @@
 """Prometheus metrics, correct across every gunicorn worker and delivery worker.
 
 Counters and histograms use prometheus_client's multiprocess mode: each process writes its own
-memory-mapped files in one folder (`PROMETHEUS_MULTIPROC_DIR`, default `metrics/` beside the
-store) and a scrape sums them. The folder is emptied when a process starts and finds no live
+memory-mapped files in one folder (`PROMETHEUS_MULTIPROC_DIR`, default a private folder per store
+in the system's temporary directory) and a scrape sums them. The folder is emptied when a process starts and finds no live
 process among the files' owners, so a restart starts counting from zero, as Prometheus expects.
 
 Queue depth, the oldest pending job's age and dead letters are read from the store at scrape
@@ -15,9 +15,11 @@ module imports it only inside `init`, after choosing the folder.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,8 +40,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def default_dir(store_path: Path) -> Path:
+    """One private folder per store, in the system's temporary directory.
+
+    Not beside the store: prometheus_client writes through mmap, and a process writing to a mapped
+    page of a full file system gets SIGBUS. The store's disk filling up must cost a 503, not a worker.
+    """
+    digest = hashlib.sha256(str(Path(store_path).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"router-metrics-{os.getuid()}-{digest}"
+
+
 def _prepare_dir(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         owners = set()
@@ -62,7 +74,7 @@ def init(store_path: Path) -> None:
         return
     multiprocess = "prometheus_client" not in sys.modules or "PROMETHEUS_MULTIPROC_DIR" in os.environ
     if multiprocess:
-        folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or Path(store_path).parent / "metrics")
+        folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or default_dir(store_path))
         _prepare_dir(folder)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     from prometheus_client import CollectorRegistry, Counter, Histogram

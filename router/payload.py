@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -64,7 +65,16 @@ def parse_body(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         kind = "an array" if isinstance(value, list) else "a scalar"
         raise PayloadError(f"body must be a JSON object, not {kind}")
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            # a lone \ud800 is no character; nothing downstream could encode it (RFC 7493 2.1)
+            raise PayloadError("body has a string with an unpaired surrogate escape") from None
     return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 # --------------------------------------------------------------------------- schemas

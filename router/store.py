@@ -34,6 +34,7 @@ from router.errors import StoreUnavailable
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
+INGEST_BUSY_TIMEOUT_MS = 2000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -160,6 +161,12 @@ def connect(path: Path, *, synchronous: str) -> sqlite3.Connection:
 
 
 def init_schema(conn: sqlite3.Connection) -> None:
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and row[0] == str(SCHEMA_VERSION):
+            return  # nothing to write: a store locked by someone else still opens
+    except sqlite3.OperationalError:
+        pass  # no meta table yet
     with _transaction(conn):
         for statement in SCHEMA.split(";"):
             if statement.strip():
@@ -278,7 +285,7 @@ class Store:
 
     # ------------------------------------------------------------------ ingest
 
-    def ingest(self, event: NewEvent, timeout: float = 30.0) -> IngestResult:
+    def ingest(self, event: NewEvent, timeout: float = 15.0) -> IngestResult:
         """Commit an event and its jobs (or find it a duplicate); raise StoreUnavailable on failure."""
         with self._committer_lock:
             if self._committer is None or not self._committer.alive(os.getpid()):
@@ -610,6 +617,8 @@ class _GroupCommitter:
             try:
                 if conn is None:
                     conn = connect(self.store.path, synchronous=self.store._ingest_sync)
+                    # a store locked by another program: answer 503 soon rather than hold the request
+                    conn.execute(f"PRAGMA busy_timeout = {INGEST_BUSY_TIMEOUT_MS}")
                 results = self.store._ingest_batch(conn, [e for e, _ in batch])
             except Exception as exc:  # the whole transaction failed: nothing of it was written
                 results = [exc] * len(batch)

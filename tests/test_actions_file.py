@@ -89,17 +89,21 @@ def test_jsonl_line_holds_the_event(router: RouterServer, files_root: Path) -> N
     assert target.read_bytes().endswith(b"\n")
 
 
-def test_raw_format_writes_the_body_as_received(router: RouterServer, files_root: Path) -> None:
+def test_raw_format_writes_the_body_as_received_one_per_line(router: RouterServer, files_root: Path) -> None:
     tag = uuid.uuid4().hex
     bodies = [
         f'{{"case":"raw",  "tag":"{tag}", "x": "\u00e9"}}'.encode(),
-        f'{{ "tag" : "{tag}",\t"case" : "raw" }}\n'.encode(),  # already ends with a newline: not doubled
+        # line breaks between tokens become spaces, so each event stays on one line; the JSON value
+        # and the length are unchanged
+        f'{{ "tag" : "{tag}",\r\n\t"case" : "raw" }}\n'.encode(),
     ]
     for body in bodies:
         event_id = post_event_raw(router, body)
         assert wait_one_final(router.store_path, event_id)["state"] == "delivered"
-    written = (files_root / "raw" / f"{tag}.txt").read_bytes()
-    assert written == bodies[0] + b"\n" + bodies[1]
+    lines = (files_root / "raw" / f"{tag}.txt").read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    assert lines[:-1] == [bodies[0], bodies[1].replace(b"\r", b" ").replace(b"\n", b" ")]
+    assert [json.loads(line) for line in lines[:-1]] == [json.loads(b) for b in bodies]
 
 
 def post_event_raw(router: RouterServer, body: bytes) -> str:

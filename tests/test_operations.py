@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from router import metrics
 import requests
 
 from delivery_support import ScriptedServer, SlackStandIn, alive, jobs_of, wait_until
@@ -258,7 +260,7 @@ def test_metrics_add_up_exactly_across_workers_and_scrapes(metrics_router) -> No
         attempts[action] += n
 
     # several gunicorn workers took part (their per-process metric files are what a scrape sums)
-    per_pid = per_process_counts(router.store_path.parent / "metrics", "router_events_received_total")
+    per_pid = per_process_counts(metrics.default_dir(router.store_path), "router_events_received_total")
     busy = [pid for pid, n in per_pid.items() if n]
     assert len(busy) >= 2, f"all traffic landed on one worker: {per_pid}"
     assert sum(per_pid.values()) == sum(t.events.values())
