@@ -1,45 +1,31 @@
-"""One JSON line per event and per delivery attempt, on stderr, with secrets redacted."""
+"""One JSON line per event and per delivery attempt, on stderr, with secrets redacted.
+
+Lines are written straight to file descriptor 2 with one os.write each: no logging-module
+records, locks or buffers on the hot path, and a line never interleaves with another process's
+(each is far below PIPE_BUF).
+"""
 
 from __future__ import annotations
 
 import json
-import logging
+import os
 import sys
 import time
 from typing import Any
 
 from router.secret import Redactor
 
-_logger = logging.getLogger("router")
 _redactor = Redactor()
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+_min_level = _LEVELS.get(os.environ.get("ROUTER_LOG_LEVEL", "info").lower(), 20)
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "fields", None)
-        line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "msg": record.getMessage(),
-        }
-        if fields:
-            line.update(fields)
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return _redactor(json.dumps(line, default=str, ensure_ascii=False))
-
-
-def setup(redactor: Redactor | None = None, level: int = logging.INFO) -> None:
-    global _redactor
+def setup(redactor: Redactor | None = None, level: str | None = None) -> None:
+    global _redactor, _min_level
     if redactor is not None:
         _redactor = redactor
-    if not any(getattr(h, "_router", False) for h in _logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_JsonFormatter())
-        handler._router = True  # type: ignore[attr-defined]
-        _logger.addHandler(handler)
-    _logger.setLevel(level)
-    _logger.propagate = False
+    if level is not None:
+        _min_level = _LEVELS.get(level.lower(), 20)
 
 
 def use_redactor(redactor: Redactor) -> None:
@@ -47,13 +33,33 @@ def use_redactor(redactor: Redactor) -> None:
     _redactor = redactor
 
 
+def _emit(level: str, msg: str, fields: dict[str, Any]) -> None:
+    if _LEVELS[level] < _min_level:
+        return
+    now = time.time()
+    line = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+        "level": level,
+        "msg": msg,
+    }
+    line.update(fields)
+    text = _redactor(json.dumps(line, default=str, ensure_ascii=False)) + "\n"
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:  # a closed stderr must not fail a request
+        pass
+
+
 def info(msg: str, **fields: Any) -> None:
-    _logger.info(msg, extra={"fields": fields})
+    _emit("info", msg, fields)
 
 
 def warning(msg: str, **fields: Any) -> None:
-    _logger.warning(msg, extra={"fields": fields})
+    _emit("warning", msg, fields)
 
 
 def error(msg: str, **fields: Any) -> None:
-    _logger.error(msg, extra={"fields": fields})
+    _emit("error", msg, fields)
+
+
+__all__ = ["error", "info", "setup", "use_redactor", "warning", "sys"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import queue
 import secrets
 import sqlite3
 import threading
@@ -572,70 +571,95 @@ class Outcome:
 
 
 class _GroupCommitter:
-    """Commits the ingests of every request thread of this process in shared transactions."""
+    """Group commit of the ingests of every request thread of this process, without a thread of its own.
+
+    The first request to arrive leads: it commits its own event and everything queued behind it
+    in one transaction and one fsync, then hands the lead to the next waiting request, if any.
+    A lone request thus commits on its own thread with no handoff at all; concurrent ones share
+    fsyncs. A request that gave up waiting (503) is still committed by the next leader, which is
+    safe: the provider's retry is then a duplicate, not a loss.
+    """
 
     MAX_BATCH = 256
 
     def __init__(self, store: Store):
         self.store = store
         self.pid = os.getpid()
-        self.queue: queue.SimpleQueue[tuple[NewEvent, _Waiter] | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="router-commit", daemon=True)
-        self.thread.start()
+        self._lock = threading.Lock()
+        self._pending: list[_Waiter] = []
+        self._leading = False
+        self._conn: sqlite3.Connection | None = None
 
     def alive(self, pid: int) -> bool:
-        return pid == self.pid and self.thread.is_alive()
+        return pid == self.pid
 
     def submit(self, event: NewEvent, timeout: float) -> IngestResult:
-        waiter = _Waiter()
-        self.queue.put((event, waiter))
-        if not waiter.done.wait(timeout):
-            raise StoreUnavailable("the store did not commit in time")
+        waiter = _Waiter(event)
+        with self._lock:
+            self._pending.append(waiter)
+            lead = not self._leading
+            if lead:
+                self._leading = True
+        if not lead:
+            if not waiter.done.wait(timeout):
+                with self._lock:
+                    if not waiter.done.is_set():
+                        waiter.abandoned = True
+                        raise StoreUnavailable("the store did not commit in time")
+            lead = waiter.lead
+        if lead:
+            self._lead()
         if isinstance(waiter.result, IngestResult):
             return waiter.result
         raise StoreUnavailable(f"the store could not commit: {waiter.result}")
 
-    def stop(self) -> None:
-        self.queue.put(None)
-
-    def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
+    def _lead(self) -> None:
         while True:
-            item = self.queue.get()
-            if item is None:
-                break
-            batch = [item]
-            while len(batch) < self.MAX_BATCH:
+            with self._lock:
+                batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH:]
+            if batch:
+                self._commit(batch)
+            with self._lock:
+                waiting = [w for w in self._pending if not w.abandoned]
+                if waiting:
+                    # hand the lead to a request that is still waiting; it commits the rest
+                    waiting[0].lead = True
+                    waiting[0].done.set()
+                    return
+                if not self._pending:
+                    self._leading = False
+                    return
+            # only abandoned requests are left: commit them too, so nothing is stranded
+
+    def _commit(self, batch: list[_Waiter]) -> None:
+        try:
+            if self._conn is None:
+                self._conn = connect(self.store.path, synchronous=self.store._ingest_sync)
+                # a store locked by another program: answer 503 soon rather than hold the request
+                self._conn.execute(f"PRAGMA busy_timeout = {INGEST_BUSY_TIMEOUT_MS}")
+            results = self.store._ingest_batch(self._conn, [w.event for w in batch])
+        except Exception as exc:  # the whole transaction failed: nothing of it was written
+            results = [exc] * len(batch)
+            if self._conn is not None:
                 try:
-                    nxt = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self.queue.put(None)
-                    break
-                batch.append(nxt)
-            try:
-                if conn is None:
-                    conn = connect(self.store.path, synchronous=self.store._ingest_sync)
-                    # a store locked by another program: answer 503 soon rather than hold the request
-                    conn.execute(f"PRAGMA busy_timeout = {INGEST_BUSY_TIMEOUT_MS}")
-                results = self.store._ingest_batch(conn, [e for e, _ in batch])
-            except Exception as exc:  # the whole transaction failed: nothing of it was written
-                results = [exc] * len(batch)
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except sqlite3.Error:
-                        pass
-                    conn = None
-            for (_, waiter), result in zip(batch, results):
-                waiter.result = result
-                waiter.done.set()
+                    self._conn.close()
+                except sqlite3.Error:
+                    pass
+                self._conn = None
+        for waiter, result in zip(batch, results):
+            waiter.result = result
+            waiter.done.set()
+
+    def stop(self) -> None:
+        pass
 
 
 class _Waiter:
-    __slots__ = ("done", "result")
+    __slots__ = ("event", "done", "result", "lead", "abandoned")
 
-    def __init__(self) -> None:
+    def __init__(self, event: NewEvent) -> None:
+        self.event = event
         self.done = threading.Event()
         self.result: IngestResult | Exception | None = None
+        self.lead = False  # set with done when this request is handed the lead
+        self.abandoned = False
