@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,15 +80,13 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _bundled_dir() -> Path:
-    try:
-        root = resources.files("router.schemas")
-        path = Path(str(root))
-        if (path / "panjaya.json").is_file():
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    # running from a source checkout without installing: the top-level schemas/ folder
-    return Path(__file__).resolve().parent.parent / "schemas"
+    """Installed, the build puts the top-level schemas/ folder at router/schemas; in a source
+    checkout (or an editable install) it is the top-level folder itself."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "schemas", here.parent / "schemas"):
+        if (candidate / "panjaya.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"the bundled schemas are missing (looked in {here / 'schemas'})")
 
 
 _FAST_DRAFTS = {
