@@ -277,56 +277,73 @@ def count_file(path: Path) -> int:
         return 0
 
 
-def ingest_benchmarks(work: Path, duration: int, quick: bool) -> list[dict]:
+def _median_load(results: list[Load]) -> Load:
+    """The run with the median throughput (its latencies come with it)."""
+    ordered = sorted(results, key=lambda r: r.rps)
+    return ordered[len(ordered) // 2]
+
+
+def ingest_benchmarks(work: Path, duration: int, quick: bool, rounds: int) -> list[dict]:
+    """Every server is up at once and the runs are interleaved, round after round, so drift in
+    the machine's load falls on floor and router alike; each row reports the median round."""
     key, pem = panjaya_key()
     sink_url = "http://127.0.0.1:9/unused"  # delivery is off during ingest runs
-    rows: list[dict] = []
     concs = [8, 32]
-
-    floor_port = free_port()
-    floor = serve_floor(floor_port, work)
-    floor_results = {}
+    procs: list[Proc] = []
     try:
+        floor_port = free_port()
+        procs.append(serve_floor(floor_port, work))
+        ports = {}
+        for durability in ["fsync", "process"]:
+            ports[durability] = free_port()
+            procs.append(serve_router(rules_file(work / f"r10-{durability}", pem, 10, durability, sink_url),
+                                      ports[durability], work))
+        scenarios = []  # (label, url, provider, conc, extra)
         for c in concs:
-            body, headers = signed_headers("panjaya", key)
-            floor_results[c] = load(f"http://127.0.0.1:{floor_port}/hooks/dubbing", body, headers, c, duration, work)
-            rows.append({"name": f"floor (bare Flask) c={c}", "load": floor_results[c], "base": None})
-    finally:
-        floor.stop()
-
-    for durability in ["fsync", "process"]:
-        rules = rules_file(work / f"r10-{durability}", pem, 10, durability, sink_url)
-        port = free_port()
-        proc = serve_router(rules, port, work)
-        try:
+            scenarios.append((f"floor (bare Flask) c={c}", f"http://127.0.0.1:{floor_port}/hooks/dubbing", "panjaya", c,
+                              {"kind": "floor", "conc": c}))
             for provider, name in [("panjaya", "dubbing"), ("unitary", "moderation")]:
-                if durability == "process" and provider == "panjaya":
-                    continue
-                for c in concs:
-                    if durability == "process" and c != 32:
-                        continue
-                    body, headers = signed_headers(provider, key)
-                    result = load(f"http://127.0.0.1:{port}/hooks/{name}", body, headers, c, duration, work)
-                    label = f"router {provider} ({'ES256' if provider == 'panjaya' else 'HMAC'}) {durability} c={c}"
-                    rows.append({"name": label, "load": result, "base": floor_results[c], "kind": "ingest",
-                                 "provider": provider, "durability": durability, "conc": c})
-        finally:
+                label = f"router {provider} ({'ES256' if provider == 'panjaya' else 'HMAC'}) fsync c={c}"
+                scenarios.append((label, f"http://127.0.0.1:{ports['fsync']}/hooks/{name}", provider, c,
+                                  {"kind": "ingest", "provider": provider, "durability": "fsync", "conc": c}))
+        scenarios.append(("router unitary (HMAC) process c=32", f"http://127.0.0.1:{ports['process']}/hooks/moderation",
+                          "unitary", 32, {"kind": "ingest", "provider": "unitary", "durability": "process", "conc": 32}))
+        results: dict[str, list[Load]] = {label: [] for label, *_ in scenarios}
+        for _ in range(rounds):
+            for label, url, provider, c, _extra in scenarios:
+                body, headers = signed_headers(provider, key)
+                results[label].append(load(url, body, headers, c, duration, work))
+    finally:
+        for proc in procs:
             proc.stop()
 
-    scale_base = None
-    for n in ([10, 1000] if quick else [10, 1000, 10000]):
-        rules = rules_file(work / f"scale-{n}", pem, n, "fsync", sink_url)
-        port = free_port()
-        proc = serve_router(rules, port, work)
-        try:
-            body, headers = signed_headers("panjaya", key)
-            result = load(f"http://127.0.0.1:{port}/hooks/dubbing", body, headers, 32, duration, work)
-            if scale_base is None:
-                scale_base = result
-            rows.append({"name": f"router panjaya {n} rules c=32", "load": result, "base": scale_base, "kind": "scale",
-                         "rules": n})
-        finally:
+    rows: list[dict] = []
+    floors = {extra["conc"]: _median_load(results[label]) for label, _, _, _, extra in scenarios
+              if extra["kind"] == "floor"}
+    for label, _, _, c, extra in scenarios:
+        median = _median_load(results[label])
+        rows.append({"name": label, "load": median, "base": None if extra["kind"] == "floor" else floors[c],
+                     "rounds": [r.rps for r in results[label]], **extra})
+
+    counts = [10, 1000] if quick else [10, 1000, 10000]
+    procs = []
+    try:
+        scale_ports = {}
+        for n in counts:
+            scale_ports[n] = free_port()
+            procs.append(serve_router(rules_file(work / f"scale-{n}", pem, n, "fsync", sink_url), scale_ports[n], work))
+        scale: dict[int, list[Load]] = {n: [] for n in counts}
+        body, headers = signed_headers("panjaya", key)
+        for _ in range(rounds):
+            for n in counts:
+                scale[n].append(load(f"http://127.0.0.1:{scale_ports[n]}/hooks/dubbing", body, headers, 32, duration, work))
+    finally:
+        for proc in procs:
             proc.stop()
+    base = _median_load(scale[counts[0]])
+    for n in counts:
+        rows.append({"name": f"router panjaya {n} rules c=32", "load": _median_load(scale[n]), "base": base,
+                     "kind": "scale", "rules": n, "rounds": [r.rps for r in scale[n]]})
     return rows
 
 
@@ -436,14 +453,18 @@ def machine() -> str:
 def report(ingest: list[dict], delivery: list[dict], duration: int) -> str:
     out = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}.", "",
            f"Each ingest run: {duration} s after a 1 s warm-up; gunicorn 2 workers, gthread, 8 threads; "
-           "delivery off during ingest runs (jobs are still written).", "",
-           "| run | req/s | p50 ms | p99 ms | errors | ratio | p99 ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+           "delivery off during ingest runs (jobs are still written). All servers of a table are up at once and "
+           "the runs are interleaved round after round; each row is the median round (every round's req/s shown).", "",
+           "| run | req/s | p50 ms | p99 ms | errors | ratio | p99 ratio | rounds (req/s) |",
+           "|---|---:|---:|---:|---:|---:|---:|---|"]
     for row in ingest:
         ld: Load = row["load"]
         base: Load | None = row["base"]
         ratio = f"{ld.rps / base.rps:.2f}" if base else "1.00"
         p99r = f"{ld.p99_ms / base.p99_ms:.2f}" if base and base.p99_ms else "-"
-        out.append(f"| {row['name']} | {ld.rps:,.0f} | {ld.p50_ms:.1f} | {ld.p99_ms:.1f} | {ld.errors} | {ratio} | {p99r} |")
+        rounds = ", ".join(f"{r:,.0f}" for r in row.get("rounds", []))
+        out.append(f"| {row['name']} | {ld.rps:,.0f} | {ld.p50_ms:.1f} | {ld.p99_ms:.1f} | {ld.errors} | {ratio} | {p99r} "
+                   f"| {rounds} |")
     out += ["", "Ratios: router runs against the floor at the same concurrency; rule-scaling runs against the 10-rule run.",
             "", "| delivery | per second | seconds | delivered | ack→200 p50 ms | ack→200 p99 ms |", "|---|---:|---:|---:|---:|---:|"]
     for row in delivery:
@@ -461,6 +482,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8, help="seconds per ingest run (default 8)")
     parser.add_argument("--backlog", type=int, default=50000, help="jobs in the drain benchmark (default 50000)")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (a smoke test of the benchmark)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per ingest run (default 3)")
     parser.add_argument("--only", choices=["ingest", "delivery"], default=None)
     parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
     args = parser.parse_args()
@@ -468,7 +490,8 @@ def main() -> None:
     backlog = 2000 if args.quick else args.backlog
     work = Path(tempfile.mkdtemp(prefix="router-bench-"))
     try:
-        ingest = [] if args.only == "delivery" else ingest_benchmarks(work, duration, args.quick)
+        rounds = 1 if args.quick else args.rounds
+        ingest = [] if args.only == "delivery" else ingest_benchmarks(work, duration, args.quick, rounds)
         delivery = [] if args.only == "ingest" else delivery_benchmarks(work, backlog, duration)
         text = report(ingest, delivery, duration)
         print(text)
