@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import requests
 
-from helpers import Recorded, Reply, RouterServer, free_port
+from helpers import HttpServer, Recorded, Reply, RouterServer, free_port
 
 T = TypeVar("T")
 
@@ -46,96 +46,6 @@ def wait_until(probe: Callable[[], T], *, timeout: float = 15.0, interval: float
 
 
 # --------------------------------------------------------------------------- real HTTP servers
-
-
-class HttpServer:
-    """A real HTTP/1.1 server on 127.0.0.1 that records every request and answers through `respond`.
-
-    Subclasses decide the answer; the recording, waiting and lifecycle are shared.
-    """
-
-    def __init__(self) -> None:
-        self.requests: list[Recorded] = []
-        self._cond = threading.Condition()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                with outer._cond:
-                    reply = outer.respond(rec)
-                    outer.requests.append(rec)
-                    outer._cond.notify_all()
-                if reply.delay:
-                    time.sleep(reply.delay)  # a simulated slow server, not a test wait
-                payload = reply.body.encode("utf-8") if isinstance(reply.body, str) else reply.body
-                try:
-                    self.send_response(reply.status)
-                    for k, v in reply.headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the router gave up waiting (its timeout): that is what a delay is for
-                self.close_connection = True
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name=type(self).__name__, daemon=True)
-
-    def respond(self, rec: Recorded) -> Reply:  # called with the lock held
-        return Reply()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> HttpServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> HttpServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def to(self, path: str) -> list[Recorded]:
-        with self._cond:
-            return [r for r in self.requests if r.path.split("?")[0] == path]
-
-    def wait_for(self, n: int = 1, *, path: str | None = None, timeout: float = 15.0,
-                 where: Callable[[Recorded], bool] | None = None) -> list[Recorded]:
-        """Block until at least n matching requests have arrived; return all matching ones."""
-
-        def matching() -> list[Recorded]:
-            return [r for r in self.requests
-                    if (path is None or r.path.split("?")[0] == path) and (where is None or where(r))]
-
-        end = time.monotonic() + timeout
-        with self._cond:
-            while len(matching()) < n:
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"expected {n} request(s) to {path or 'any path'} within {timeout}s, "
-                                         f"got {len(matching())}")
-                self._cond.wait(left)
-            return matching()
 
 
 class ScriptedServer(HttpServer):

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import requests
 from cryptography.hazmat.primitives import hashes, serialization
@@ -263,17 +263,15 @@ class Reply:
     delay: float = 0.0  # seconds before answering, to exercise the router's timeouts
 
 
-class Downstream:
-    """A real HTTP server on 127.0.0.1 that records every request and answers as scripted.
+class HttpServer:
+    """A real HTTP/1.1 server on 127.0.0.1 that records every request and answers through `respond`.
 
-    `script(Reply(...), ...)` queues answers used in order; when the queue is empty `default` answers.
-    `wait_for(n)` blocks (with a deadline) until n requests have arrived.
+    Subclasses decide the answer; recording, waiting and lifecycle are shared. A Reply's `delay`
+    makes it hang that long before answering (a slow destination, not a test wait).
     """
 
-    def __init__(self, default: Reply | None = None):
-        self.default = default or Reply()
+    def __init__(self) -> None:
         self.requests: list[Recorded] = []
-        self._queue: deque[Reply] = deque()
         self._cond = threading.Condition()
         outer = self
 
@@ -290,11 +288,11 @@ class Downstream:
                     body = b""
                 rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 with outer._cond:
-                    reply = outer._queue.popleft() if outer._queue else outer.default
+                    reply = outer.respond(rec)
                     outer.requests.append(rec)
                     outer._cond.notify_all()
                 if reply.delay:
-                    time.sleep(reply.delay)  # simulated slow server, not a test wait
+                    time.sleep(reply.delay)  # a simulated slow server, not a test wait
                 payload = reply.body.encode("utf-8") if isinstance(reply.body, str) else reply.body
                 try:
                     self.send_response(reply.status)
@@ -304,8 +302,8 @@ class Downstream:
                     self.send_header("Connection", "close")
                     self.end_headers()
                     self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (e.g. its timeout); that is the point of a delay
+                except OSError:
+                    pass  # the client gave up waiting (its timeout): that is what a delay is for
                 self.close_connection = True
 
             def _read_chunked(self) -> bytes:
@@ -325,7 +323,10 @@ class Downstream:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="downstream", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name=type(self).__name__, daemon=True)
+
+    def respond(self, rec: Recorded) -> Reply:  # called with the lock held
+        return Reply()
 
     @property
     def port(self) -> int:
@@ -338,13 +339,54 @@ class Downstream:
     def url_for(self, path: str) -> str:
         return self.url + path
 
-    def start(self) -> Downstream:
+    def start(self) -> Any:
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def to(self, path: str) -> list[Recorded]:
+        with self._cond:
+            return [r for r in self.requests if r.path.split("?")[0] == path]
+
+    def wait_for(self, n: int = 1, timeout: float = 15.0, path: str | None = None,
+                 where: Callable[[Recorded], bool] | None = None) -> list[Recorded]:
+        """Block until at least n matching requests have arrived; return all matching ones."""
+
+        def matching() -> list[Recorded]:
+            return [r for r in self.requests
+                    if (path is None or r.path.split("?")[0] == path) and (where is None or where(r))]
+
+        end = time.monotonic() + timeout
+        with self._cond:
+            while len(matching()) < n:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"expected {n} request(s) to {path or 'any path'} within {timeout}s, got "
+                                         f"{len(matching())}: {[(r.method, r.path) for r in self.requests]}")
+                self._cond.wait(left)
+            return list(matching())
+
+
+class Downstream(HttpServer):
+    """Answers as scripted: `script(Reply(...), ...)` queues answers used in order; when the queue is
+    empty `default` answers. `wait_for(n)` blocks (with a deadline) until n requests have arrived."""
+
+    def __init__(self, default: Reply | None = None):
+        super().__init__()
+        self.default = default or Reply()
+        self._queue: deque[Reply] = deque()
+
+    def respond(self, rec: Recorded) -> Reply:
+        return self._queue.popleft() if self._queue else self.default
 
     def script(self, *replies: Reply) -> None:
         with self._cond:
@@ -354,27 +396,6 @@ class Downstream:
         with self._cond:
             self.requests.clear()
             self._queue.clear()
-
-    def wait_for(self, n: int = 1, timeout: float = 15.0, path: str | None = None) -> list[Recorded]:
-        """Block until at least n requests (to `path`, if given) have arrived; return them."""
-        def matching() -> list[Recorded]:
-            return [r for r in self.requests if path is None or r.path.split("?")[0] == path]
-
-        end = time.monotonic() + timeout
-        with self._cond:
-            while len(matching()) < n:
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"expected {n} request(s) within {timeout}s, got {len(matching())}: "
-                                         f"{[(r.method, r.path) for r in self.requests]}")
-                self._cond.wait(left)
-            return list(matching())
-
-    def __enter__(self) -> Downstream:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- the command line

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import requests
 
-from helpers import RouterServer
+from helpers import HttpServer, Reply, RouterServer
 
 T = TypeVar("T")
 
@@ -295,71 +295,19 @@ def jobs_count(server: RouterServer) -> int:
 # --------------------------------------------------------------------------- downstreams that misbehave
 
 
-class PathServer:
-    """A real HTTP server on 127.0.0.1 that answers per path (`replies`; 200 `ok` otherwise) and
-    records every request. A Reply's `delay` makes it hang that long before answering."""
+class PathServer(HttpServer):
+    """Answers per path (`replies`; 200 `ok` otherwise) and records every request. A Reply's
+    `delay` makes it hang that long before answering."""
 
     def __init__(self, replies: dict[str, Any] | None = None):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        super().__init__()
+        self.replies: dict[str, Any] = dict(replies or {})
 
-        from helpers import Recorded, Reply
-
-        self.replies: dict[str, Reply] = dict(replies or {})
-        self.requests: list[Recorded] = []
-        self._lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                with outer._lock:
-                    outer.requests.append(rec)
-                    reply = outer.replies.get(self.path.split("?")[0], Reply())
-                if reply.delay:
-                    time.sleep(reply.delay)  # a hanging destination, not a test wait
-                payload = reply.body.encode() if isinstance(reply.body, str) else reply.body
-                try:
-                    self.send_response(reply.status)
-                    for k, v in reply.headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except OSError:
-                    pass  # the router gave up waiting: that is what the delay is for
-                self.close_connection = True
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="path-server", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+    def respond(self, rec: Any) -> Any:
+        return self.replies.get(rec.path.split("?")[0], Reply())
 
     def to(self, path: str, event_id: str | None = None) -> list[Any]:
-        with self._lock:
-            return [r for r in self.requests if r.path.split("?")[0] == path
-                    and (event_id is None or r.headers.get("x-router-event-id") == event_id)]
-
-    def __enter__(self) -> PathServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return [r for r in super().to(path) if event_id is None or r.headers.get("x-router-event-id") == event_id]
 
 
 class Resetter:
