@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -62,4 +61,4 @@ def error(msg: str, **fields: Any) -> None:
     _emit("error", msg, fields)
 
 
-__all__ = ["error", "info", "setup", "use_redactor", "warning", "sys"]
+__all__ = ["error", "info", "setup", "use_redactor", "warning"]
