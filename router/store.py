@@ -549,8 +549,6 @@ class Store:
             except sqlite3.Error:
                 pass
         self._local.conns = {}
-        if self._committer is not None:
-            self._committer.stop()
 
 
 @dataclass
@@ -650,8 +648,6 @@ class _GroupCommitter:
             waiter.result = result
             waiter.done.set()
 
-    def stop(self) -> None:
-        pass
 
 
 class _Waiter:

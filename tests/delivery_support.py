@@ -9,18 +9,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
-import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
 
-from helpers import HttpServer, Recorded, Reply, RouterServer, free_port
+from helpers import HttpServer, Recorded, Reply, RouterServer, free_port, query_store
 
 T = TypeVar("T")
 
@@ -179,18 +176,7 @@ def wait_one_final(store: Path, event_id: str, *, timeout: float = 15.0) -> dict
     return jobs[0]
 
 
-def _query(store: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    if not Path(store).exists():
-        return []
-    con = sqlite3.connect(str(store), timeout=10)
-    try:
-        return con.execute(sql, params).fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []
-        raise
-    finally:
-        con.close()
+_query = query_store
 
 
 # --------------------------------------------------------------------------- processes

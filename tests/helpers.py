@@ -120,12 +120,7 @@ class RouterServer:
         for _attempt in range(3):  # a free port can be taken between probing and binding; try another
             port = free_port()
             self.url = f"http://127.0.0.1:{port}"
-            env = {**os.environ, **self.extra_env, "ROUTER_RULES": str(self.rules_path), "PYTHONUNBUFFERED": "1"}
-            cmd = [
-                sys.executable, "-m", "gunicorn", "router.wsgi:app",
-                "-b", f"127.0.0.1:{port}", "-w", str(self.workers),
-                "--graceful-timeout", "3", "--timeout", "60",
-            ]
+            env, cmd = self.command(port)
             with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
                 self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=out, stderr=err,
                                              start_new_session=True)
@@ -138,6 +133,16 @@ class RouterServer:
                 if "Address already in use" not in self.log_text():
                     break
         raise StartupError(last_error)
+
+    def command(self, port: int) -> tuple[dict[str, str], list[str]]:
+        """The environment and command line that start this server on `port`."""
+        env = {**os.environ, **self.extra_env, "ROUTER_RULES": str(self.rules_path), "PYTHONUNBUFFERED": "1"}
+        cmd = [
+            sys.executable, "-m", "gunicorn", "router.wsgi:app",
+            "-b", f"127.0.0.1:{port}", "-w", str(self.workers),
+            "--graceful-timeout", "3", "--timeout", "60",
+        ]
+        return env, cmd
 
     def _wait_healthy(self, deadline: float) -> None:
         assert self.proc is not None
@@ -194,17 +199,7 @@ class RouterServer:
     # the store ------------------------------------------------------------------
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
-        if not self.store_path.exists():
-            return []
-        con = sqlite3.connect(str(self.store_path), timeout=10)
-        try:
-            return con.execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return []
-            raise
-        finally:
-            con.close()
+        return query_store(self.store_path, sql, params)
 
     def event_count(self) -> int:
         rows = self.query("SELECT count(*) FROM events")
@@ -261,6 +256,21 @@ class Reply:
     body: bytes | str = b"ok"
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "text/plain"})
     delay: float = 0.0  # seconds before answering, to exercise the router's timeouts
+
+
+def query_store(store: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    """Read the router's SQLite store directly; a store not created yet reads as empty."""
+    if not Path(store).exists():
+        return []
+    con = sqlite3.connect(str(store), timeout=10)
+    try:
+        return con.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        con.close()
 
 
 class HttpServer:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any, TypeVar
 
 import requests
 
-from helpers import HttpServer, Reply, RouterServer
+from helpers import HttpServer, Reply, RouterServer, query_store
 
 T = TypeVar("T")
 
@@ -237,18 +236,7 @@ LAST_CHUNK = b"0\r\n\r\n"
 # --------------------------------------------------------------------------- the store, read directly
 
 
-def query(store: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    if not Path(store).exists():
-        return []
-    con = sqlite3.connect(str(store), timeout=10)
-    try:
-        return con.execute(sql, params).fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []
-        raise
-    finally:
-        con.close()
+query = query_store
 
 
 JOB_COLUMNS = ("id", "rule", "action", "state", "attempts", "last_status", "last_error")

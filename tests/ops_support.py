@@ -23,7 +23,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from delivery_support import children_of, wait_until
-from helpers import RouterServer, StartupError, free_port
+from helpers import RouterServer
 
 # --------------------------------------------------------------------------- `router serve` as the gunicorn master
 
@@ -38,27 +38,12 @@ class ServedRouter(RouterServer):
         self.stderr_path = self.workdir / "serve.stderr.log"
         self.stdout_path = self.workdir / "serve.stdout.log"
 
-    def start(self, deadline: float = 30.0) -> ServedRouter:
-        last_error = ""
-        for _attempt in range(3):
-            port = free_port()
-            self.url = f"http://127.0.0.1:{port}"
-            env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
-            env.pop("ROUTER_RULES", None)
-            cmd = [sys.executable, "-m", "router", "serve", str(self.rules_path), "--bind", f"127.0.0.1:{port}",
-                   "--workers", str(self.workers), *self.extra_args]
-            with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
-                self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=out, stderr=err,
-                                             start_new_session=True)
-            try:
-                self._wait_healthy(deadline)
-                return self
-            except StartupError as exc:
-                last_error = str(exc)
-                self.stop()
-                if "Address already in use" not in self.log_text():
-                    break
-        raise StartupError(last_error)
+    def command(self, port: int) -> tuple[dict[str, str], list[str]]:
+        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        env.pop("ROUTER_RULES", None)
+        cmd = [sys.executable, "-m", "router", "serve", str(self.rules_path), "--bind", f"127.0.0.1:{port}",
+               "--workers", str(self.workers), *self.extra_args]
+        return env, cmd
 
     @property
     def pid(self) -> int:
