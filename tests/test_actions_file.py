@@ -206,5 +206,10 @@ def test_concurrent_events_give_whole_lines(router: RouterServer, files_root: Pa
     for r in records:
         i = r["payload"]["i"]
         assert r["payload"]["pad"] == pad(i)
-    states = router.query("SELECT state, attempts, count(*) FROM jobs WHERE action = 'pile' GROUP BY state, attempts")
+    # a line is written before its outcome is recorded (outcomes are written back in batches): wait for them
+    def settled() -> list[tuple] | None:
+        rows = router.query("SELECT state, attempts, count(*) FROM jobs WHERE action = 'pile' GROUP BY state, attempts")
+        return rows if not any(state == "pending" for state, _, _ in rows) else None
+
+    states = wait_until(settled, timeout=30, what="every pile job's outcome recorded")
     assert states == [("delivered", 1, CONCURRENT)]
