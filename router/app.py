@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -10,26 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from router import config as config_mod
 from router import logs, metrics
 from router.config import Config
-from router.errors import ConfigError, Problem, RequestError, SchemaError, StoreUnavailable
-from router.ingest import Incoming, accept
+from router.errors import ConfigError, Problem
+from router.endpoint import HookEndpoint
 from router.store import Store
 
-READ_CHUNK = 64 * 1024
 BODY_TIMEOUT = float(os.environ.get("ROUTER_BODY_TIMEOUT", "10"))  # seconds for the whole body to arrive
-
-
-class BodyTimeout(Exception):
-    pass
-
-
-class BadFraming(Exception):
-    pass
 WATCH_INTERVAL = 2.0  # seconds between looks at the rules file
 
 
@@ -165,19 +155,10 @@ def _error(status: int, code: str, message: str) -> Response:
     return response
 
 
-def _json_response(value: Any, status: int = 200) -> Response:
-    body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return Response(body, status=status, mimetype="application/json")
-
-
 def _method_not_allowed(allow: str) -> Response:
     response = _error(405, "method_not_allowed", f"use {allow}")
     response.headers["Allow"] = allow
     return response
-
-
-OUTCOMES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 408: "body_timeout", 413: "too_large",
-            422: "schema_invalid"}
 
 
 def create_app(config: Config | None = None, rules_path: str | os.PathLike | None = None,
@@ -204,121 +185,8 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
 
     app = Flask("router")
     app.extensions["router"] = state
-
-    def read_body(limit: int) -> bytes | None:
-        """The body, or None when it is over the limit (read no further than limit + 1 bytes).
-
-        The whole body must arrive within BODY_TIMEOUT: a client that trickles it, or promises
-        more than it sends, gets 408 instead of holding a worker until gunicorn kills it."""
-        length = request.content_length
-        if length is not None and length > limit:
-            return None
-        sock = request.environ.get("gunicorn.socket")
-        deadline = time.monotonic() + BODY_TIMEOUT
-        previous = sock.gettimeout() if sock is not None else None
-        stream = request.stream
-        chunks: list[bytes] = []
-        total = 0
-        try:
-            while True:
-                if sock is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise BodyTimeout()
-                    sock.settimeout(remaining)
-                try:
-                    chunk = stream.read(min(READ_CHUNK, limit + 1 - total))
-                except (TimeoutError, OSError) as exc:
-                    raise BodyTimeout() from exc
-                except Exception as exc:  # gunicorn's ParseException: broken chunked framing
-                    raise BadFraming() from exc
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > limit:
-                    return None
-        finally:
-            if sock is not None:
-                try:
-                    sock.settimeout(previous)
-                except OSError:
-                    pass
-        if length is not None and total < length:
-            raise BodyTimeout()  # the client closed before sending what it promised
-        return b"".join(chunks)
-
-    def refused(provider: str, status: int, code: str, message: str, started: float) -> Response:
-        outcome = OUTCOMES.get(status, code)
-        metrics.event(provider, outcome)
-        logs.info("event refused", provider=provider, outcome=outcome, status=status,
-                  latency_ms=round((time.perf_counter() - started) * 1000, 2))
-        response = _error(status, code, message)
-        if status == 413:
-            response.headers["Connection"] = "close"  # we did not read the rest of the body
-        return response
-
-    def receive(provider_name: str) -> Response:
-        config = state.config
-        spec = config.providers.get(provider_name)
-        if spec is None:
-            metrics.event("(unknown)", "unknown_provider")
-            return _error(404, "unknown_provider", f"no provider named '{provider_name}'")
-        started = time.perf_counter()
-        limit = config.settings.max_body_bytes
-        try:
-            body = read_body(limit)
-        except BodyTimeout:
-            response = refused(provider_name, 408, "body_timeout", "the body did not arrive in time", started)
-            response.headers["Connection"] = "close"
-            return response
-        except BadFraming:
-            response = refused(provider_name, 400, "invalid_body", "the body's chunked framing is broken", started)
-            response.headers["Connection"] = "close"
-            return response
-        if body is None:
-            return refused(provider_name, 413, "too_large", f"body is larger than {limit} bytes", started)
-        incoming = Incoming(
-            provider=provider_name,
-            body=body,
-            headers={k.lower(): v for k, v in request.headers.items()},
-            query=request.args.to_dict(flat=True),
-            remote_addr=request.remote_addr,
-            content_type=request.headers.get("Content-Type"),
-        )
-        try:
-            accepted = accept(config, spec, incoming)
-            result = state.store.ingest(accepted.event)
-        except SchemaError as exc:
-            metrics.event(provider_name, "schema_invalid")
-            logs.info("event refused", provider=provider_name, outcome="schema_invalid", status=422,
-                      violations=len(exc.detail), latency_ms=round((time.perf_counter() - started) * 1000, 2))
-            return _json_response({"detail": exc.detail}, 422)
-        except RequestError as exc:
-            return refused(provider_name, exc.status, exc.code, exc.message, started)
-        except StoreUnavailable as exc:
-            metrics.event(provider_name, "store_unavailable")
-            logs.error("store unavailable", provider=provider_name, status=503, error=str(exc))
-            response = _error(503, "store_unavailable", "the event could not be stored; retry later")
-            response.headers["Retry-After"] = "5"
-            return response
-        if result.deliveries and state.deliverer is not None:
-            state.deliverer.kick()
-        latency = time.perf_counter() - started
-        outcome = "duplicate" if result.duplicate else "accepted"
-        metrics.event(provider_name, outcome, latency, None if result.duplicate else result.matched)
-        logs.info("event", event_id=result.event_id, provider=provider_name, outcome=outcome, status=200,
-                  matched=result.matched, deliveries=result.deliveries, latency_ms=round(latency * 1000, 2))
-        answer: dict[str, Any] = {"event_id": result.event_id}
-        if result.duplicate:
-            answer["duplicate"] = True
-        answer["matched"] = result.matched
-        answer["deliveries"] = result.deliveries
-        return _json_response(answer)
-
-    @app.route("/hooks/<provider_name>", methods=["POST"])
-    def hook(provider_name: str) -> Response:
-        return receive(provider_name)
+    endpoint = HookEndpoint(app.wsgi_app, state, BODY_TIMEOUT)
+    app.wsgi_app = endpoint  # type: ignore[method-assign]
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -347,21 +215,14 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
 
     @app.route("/", defaults={"path": ""}, methods=methods)
     @app.route("/<path:path>", methods=methods)
-    def extra_path(path: str) -> Response:
+    def other_path(path: str) -> Response:
+        # POSTs to hook paths never get here: the endpoint in front of Flask answers them
         full = "/" + path.rstrip("/")
-        provider_name = state.config.paths.get(full)
-        if provider_name is None:
-            if full.startswith("/hooks/") and full.count("/") == 2:
-                # /hooks/<name>/ with its trailing slash: the same endpoint
-                if request.method == "POST":
-                    return receive(full[len("/hooks/"):])
-                return _method_not_allowed("POST")
-            if full in ("/healthz", "/readyz", "/metrics"):
-                return _method_not_allowed("GET")
-            return _error(404, "not_found", f"nothing is served at {full[:200]}")
-        if request.method != "POST":
+        if endpoint.provider_for(full) is not None:
             return _method_not_allowed("POST")
-        return receive(provider_name)
+        if full in ("/healthz", "/readyz", "/metrics"):
+            return _method_not_allowed("GET")
+        return _error(404, "not_found", f"nothing is served at {full[:200]}")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

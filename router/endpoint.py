@@ -1,0 +1,221 @@
+"""The hook endpoint, POST /hooks/<provider> and each provider's extra paths, as plain WSGI.
+
+It is the one hot path of the service, so it runs in front of Flask rather than inside it: a
+request context, URL map and Response object cost more than the rest of the routing does.
+Everything else (health, readiness, metrics, the 404s and 405s) is Flask's. The request is read
+exactly as Flask would read it (werkzeug's own input-stream and content-length helpers), and the
+answers are the same JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from werkzeug.sansio.utils import get_content_length
+from werkzeug.wsgi import get_input_stream
+
+from router import logs, metrics
+from router.errors import RequestError, SchemaError, StoreUnavailable
+from router.ingest import Incoming, accept
+
+if TYPE_CHECKING:
+    from router.app import RouterState
+
+READ_CHUNK = 64 * 1024
+OUTCOMES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 408: "body_timeout", 413: "too_large",
+            422: "schema_invalid"}
+_REASONS = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
+
+Answer = tuple[int, dict[str, Any], list[tuple[str, str]]]  # status, JSON body, extra headers
+StartResponse = Callable[..., Any]
+
+
+class BodyTimeout(Exception):
+    pass
+
+
+class BadFraming(Exception):
+    pass
+
+
+def json_bytes(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def respond(start_response: StartResponse, status: int, value: Any, headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
+    body = json_bytes(value)
+    start_response(_REASONS.get(status, f"{status} Unknown"),
+                   [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers])
+    return [body]
+
+
+def error_answer(status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None) -> Answer:
+    return status, {"error": code, "message": message}, headers or []
+
+
+def read_body(environ: dict[str, Any], limit: int, timeout: float) -> bytes | None:
+    """The body, or None when it is over the limit (read no further than limit + 1 bytes).
+
+    The whole body must arrive within `timeout` seconds: a client that trickles it, or promises
+    more than it sends, gets 408 instead of holding a worker until gunicorn kills it."""
+    length = get_content_length(environ.get("CONTENT_LENGTH"), environ.get("HTTP_TRANSFER_ENCODING"))
+    if length is not None and length > limit:
+        return None
+    stream = get_input_stream(environ)
+    sock = environ.get("gunicorn.socket")
+    deadline = time.monotonic() + timeout
+    previous = sock.gettimeout() if sock is not None else None
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            if sock is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BodyTimeout()
+                sock.settimeout(remaining)
+            try:
+                chunk = stream.read(min(READ_CHUNK, limit + 1 - total))
+            except (TimeoutError, OSError) as exc:
+                raise BodyTimeout() from exc
+            except Exception as exc:  # gunicorn's ParseException: broken chunked framing
+                raise BadFraming() from exc
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                return None
+    finally:
+        if sock is not None:
+            try:
+                sock.settimeout(previous)
+            except OSError:
+                pass
+    if length is not None and total < length:
+        raise BodyTimeout()  # the client closed before sending what it promised
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def request_headers(environ: dict[str, Any]) -> dict[str, str]:
+    """The request's headers with lower-cased names, as werkzeug's EnvironHeaders lists them."""
+    headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
+    for key, name in (("CONTENT_TYPE", "content-type"), ("CONTENT_LENGTH", "content-length")):
+        value = environ.get(key)
+        if value:
+            headers[name] = value
+    return headers
+
+
+def query_args(environ: dict[str, Any]) -> dict[str, str]:
+    """The query string's parameters, the first of each name (Flask's `request.args.to_dict()`)."""
+    text = environ.get("QUERY_STRING", "")
+    if not text:
+        return {}
+    raw = text.encode("latin-1").decode("utf-8", "replace")
+    args: dict[str, str] = {}
+    for key, value in parse_qsl(raw, keep_blank_values=True, errors="replace"):
+        args.setdefault(key, value)
+    return args
+
+
+class HookEndpoint:
+    """WSGI middleware: answers POSTs to hook paths itself and passes everything else to `app`."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], state: RouterState, body_timeout: float):
+        self.app = app
+        self.state = state
+        self.body_timeout = body_timeout
+
+    def provider_for(self, path: str) -> str | None:
+        full = path.rstrip("/") or "/"
+        name = self.state.config.paths.get(full)
+        if name is not None:
+            return name
+        if full.startswith("/hooks/"):
+            name = full[7:]
+            if name and "/" not in name:
+                return name
+        return None
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "POST":
+            return self.app(environ, start_response)
+        provider = self.provider_for(environ.get("PATH_INFO", ""))
+        if provider is None:
+            return self.app(environ, start_response)
+        try:
+            status, value, headers = self.receive(environ, provider)
+        except Exception as exc:  # what Flask's error handler would do for any other endpoint
+            logs.error("unexpected error", error=f"{type(exc).__name__}: {exc}")
+            status, value, headers = error_answer(500, "internal_error", "internal error")
+        return respond(start_response, status, value, headers)
+
+    def refused(self, provider: str, status: int, code: str, message: str, started: float,
+                headers: list[tuple[str, str]] | None = None) -> Answer:
+        outcome = OUTCOMES.get(status, code)
+        metrics.event(provider, outcome)
+        logs.info("event refused", provider=provider, outcome=outcome, status=status,
+                  latency_ms=round((time.perf_counter() - started) * 1000, 2))
+        return error_answer(status, code, message, headers)
+
+    def receive(self, environ: dict[str, Any], provider_name: str) -> Answer:
+        state = self.state
+        config = state.config
+        spec = config.providers.get(provider_name)
+        if spec is None:
+            metrics.event("(unknown)", "unknown_provider")
+            return error_answer(404, "unknown_provider", f"no provider named '{provider_name}'")
+        started = time.perf_counter()
+        limit = config.settings.max_body_bytes
+        close = [("Connection", "close")]  # when the rest of the body was not (or cannot be) read
+        try:
+            body = read_body(environ, limit, self.body_timeout)
+        except BodyTimeout:
+            return self.refused(provider_name, 408, "body_timeout", "the body did not arrive in time", started, close)
+        except BadFraming:
+            return self.refused(provider_name, 400, "invalid_body", "the body's chunked framing is broken", started,
+                                close)
+        if body is None:
+            return self.refused(provider_name, 413, "too_large", f"body is larger than {limit} bytes", started, close)
+        incoming = Incoming(
+            provider=provider_name,
+            body=body,
+            headers=request_headers(environ),
+            query=query_args(environ),
+            remote_addr=environ.get("REMOTE_ADDR"),
+            content_type=environ.get("CONTENT_TYPE"),
+        )
+        try:
+            accepted = accept(config, spec, incoming)
+            result = state.store.ingest(accepted.event)
+        except SchemaError as exc:
+            metrics.event(provider_name, "schema_invalid")
+            logs.info("event refused", provider=provider_name, outcome="schema_invalid", status=422,
+                      violations=len(exc.detail), latency_ms=round((time.perf_counter() - started) * 1000, 2))
+            return 422, {"detail": exc.detail}, []
+        except RequestError as exc:
+            return self.refused(provider_name, exc.status, exc.code, exc.message, started)
+        except StoreUnavailable as exc:
+            metrics.event(provider_name, "store_unavailable")
+            logs.error("store unavailable", provider=provider_name, status=503, error=str(exc))
+            return error_answer(503, "store_unavailable", "the event could not be stored; retry later",
+                                [("Retry-After", "5")])
+        if result.deliveries and state.deliverer is not None:
+            state.deliverer.kick()
+        latency = time.perf_counter() - started
+        outcome = "duplicate" if result.duplicate else "accepted"
+        metrics.event(provider_name, outcome, latency, None if result.duplicate else result.matched)
+        logs.info("event", event_id=result.event_id, provider=provider_name, outcome=outcome, status=200,
+                  matched=result.matched, deliveries=result.deliveries, latency_ms=round(latency * 1000, 2))
+        answer: dict[str, Any] = {"event_id": result.event_id}
+        if result.duplicate:
+            answer["duplicate"] = True
+        answer["matched"] = result.matched
+        answer["deliveries"] = result.deliveries
+        return 200, answer, []
