@@ -13,7 +13,7 @@ import requests
 
 from delivery_support import ScriptedServer, alive, attempts_of, jobs_of, kill_router_hard, wait_until
 from helpers import Reply, RouterServer
-from router.store import NewEvent, Store, now_ts
+from router.store import IngestResult, NewEvent, Store, now_ts
 
 THREADS = 6
 PER_THREAD = 50
@@ -203,3 +203,66 @@ def test_rate_slot_is_shared_between_owners(tmp_path: Path) -> None:
     finally:
         store.close()
 
+
+
+# --------------------------------------------------------------------------- group commit, at the store level
+
+
+def _event(n: int, jobs: list[tuple[str, str]], dedupe_key: str | None = None) -> NewEvent:
+    received = now_ts()
+    return NewEvent(id=f"evt_batch_{n:04d}", provider="src", received_ts=received, headers={"x-n": str(n)}, query={},
+                    content_type="application/json", body=b'{"n": %d}' % n, matched=[r for r, _ in jobs], jobs=jobs,
+                    dedupe_key=dedupe_key, dedupe_window=60.0 if dedupe_key else 0.0)
+
+
+def test_one_failing_event_does_not_spoil_its_batch(tmp_path: Path) -> None:
+    """A batch is written with one multi-row INSERT per table; when one of its events cannot be
+    stored (here: its id is taken), the others are still committed, each with exactly its jobs."""
+    store = Store(tmp_path / "router.db")
+    conn = store._conn("ingest")
+    try:
+        assert isinstance(store._ingest_batch(conn, [_event(2, [("r", "a")])])[0], IngestResult)
+        batch = [_event(1, [("r", "a"), ("s", "b")]), _event(2, [("r", "a")]), _event(3, []),
+                 _event(4, [("r", "a")], dedupe_key="k"), _event(5, [("r", "a")], dedupe_key="k")]
+        results = store._ingest_batch(conn, batch)
+        assert [type(r).__name__ for r in results] == ["IngestResult", "IntegrityError", "IngestResult",
+                                                       "IngestResult", "IngestResult"]
+        assert results[4].duplicate and results[4].event_id == "evt_batch_0004"
+        rows = conn.execute("SELECT id, body FROM events ORDER BY id").fetchall()
+        assert rows == [("evt_batch_0001", b'{"n": 1}'), ("evt_batch_0002", b'{"n": 2}'),
+                        ("evt_batch_0003", b'{"n": 3}'), ("evt_batch_0004", b'{"n": 4}')]
+        jobs = conn.execute("SELECT event_id, rule, action FROM jobs ORDER BY id").fetchall()
+        assert jobs == [("evt_batch_0002", "r", "a"), ("evt_batch_0001", "r", "a"), ("evt_batch_0001", "s", "b"),
+                        ("evt_batch_0004", "r", "a")]
+    finally:
+        store.close()
+
+
+def test_concurrent_ingests_are_each_committed_once(tmp_path: Path) -> None:
+    """Threads of one process share commits; every event comes back with its own id and jobs,
+    and the store holds each exactly once, with more events than there are rows per INSERT."""
+    store = Store(tmp_path / "router.db")
+    events = [_event(n, [("r", "a")] * (n % 3)) for n in range(300)]
+    results: dict[str, IngestResult] = {}
+    lock = threading.Lock()
+
+    def work(chunk: list[NewEvent]) -> None:
+        for e in chunk:
+            r = store.ingest(e)
+            with lock:
+                results[e.id] = r
+
+    threads = [threading.Thread(target=work, args=(events[i::12],)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert sorted(results) == [e.id for e in events]
+        assert all(results[e.id].deliveries == len(e.jobs) and results[e.id].event_id == e.id for e in events)
+        conn = store.reader()
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchone() == (300, 300)
+        per_event = dict(conn.execute("SELECT event_id, count(*) FROM jobs GROUP BY event_id").fetchall())
+        assert per_event == {e.id: len(e.jobs) for e in events if e.jobs}
+    finally:
+        store.close()
