@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from router.errors import ConfigError, Problem
 from router.endpoint import HookEndpoint
 from router.store import Store
 
+DISK_HEADROOM = 1 << 20  # bytes /readyz wants free beyond max_body_bytes
 BODY_TIMEOUT = float(os.environ.get("ROUTER_BODY_TIMEOUT", "10"))  # seconds for the whole body to arrive
 WATCH_INTERVAL = 2.0  # seconds between looks at the rules file
 
@@ -197,6 +199,10 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
         checks: dict[str, Any] = {"rules": "stale: " + state.stale_reason if state.stale_reason else "loaded"}
         try:
             checks["store"] = "writable" if state.store.writable() else "not writable"
+            # room for one more event of the largest size and its share of the WAL, or a full disk
+            free = shutil.disk_usage(state.store.path.parent).free
+            if checks["store"] == "writable" and free < state.config.settings.max_body_bytes + DISK_HEADROOM:
+                checks["store"] = f"disk full: {free} bytes free"
         except Exception as exc:
             checks["store"] = f"unavailable: {type(exc).__name__}"
         if state.deliverer is not None:

@@ -286,10 +286,13 @@ def test_full_disk_answers_503_then_recovers_when_space_returns(store_server):
                     assert stored_with_marker(server, marker) == (0, 0)
             assert r.status_code == 503, "a 300 KB event was accepted on a full disk"
             assert healthz(server) == 200
+            ready = requests.get(server.url + "/readyz", timeout=10)
+            assert ready.status_code == 503 and ready.json()["checks"]["store"].startswith("disk full"), ready.text
         finally:
             filler.unlink()
         wait_until(lambda: post_json(server, {"after": uuid.uuid4().hex}, timeout=30).status_code == 200,
                    timeout=30, interval=0.2, what="the router to accept events once space is back")
+        assert requests.get(server.url + "/readyz", timeout=10).status_code == 200
         assert events_count(server) >= before[0] + 1
     assert_clean_log(server, since=start)
 
