@@ -146,7 +146,9 @@ class HookEndpoint:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "POST":
             return self.app(environ, start_response)
-        provider = self.provider_for(environ.get("PATH_INFO", ""))
+        # PATH_INFO is the path's bytes as latin-1 (PEP 3333); werkzeug reads them as UTF-8, and so do we
+        path = environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
+        provider = self.provider_for(path)
         if provider is None:
             return self.app(environ, start_response)
         try:

@@ -866,6 +866,12 @@ def test_unknown_provider_404(server, path):
     assert_rejected(server.post(path, body), server, body, 404, *before)
 
 
+def test_unknown_provider_named_in_utf8(server):
+    """The path's bytes are read as UTF-8, as Flask reads them, so the 404 names what was sent."""
+    answer = assert_error(server.post("/hooks/d%C3%BCbbing", b"{}"), 404)
+    assert answer["error"] == "unknown_provider" and "'dübbing'" in answer["message"], answer
+
+
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
 def test_wrong_method_on_hook_405(server, method):
     assert_error(server.request(method, "/hooks/open"), 405)
