@@ -9,17 +9,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 
-from helpers import HttpServer, Recorded, Reply, RouterServer, free_port, query_store
+from helpers import HttpServer, Recorded, Reply, RouterServer, free_port, query_store, wait_until
 
-T = TypeVar("T")
 
 # A retry schedule short enough for tests: two retries 200 ms apart, no jitter.
 FAST_RETRY = "{schedule: [200ms, 200ms], jitter: 0}"
@@ -27,19 +25,6 @@ FINAL_STATES = frozenset({"delivered", "dead"})
 
 
 # --------------------------------------------------------------------------- polling
-
-
-def wait_until(probe: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05, what: str = "") -> T:
-    """Call `probe` until it returns something truthy, or fail after `timeout` seconds with its last value."""
-    end = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() >= end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or probe!r}; last value: {last!r}")
-        time.sleep(interval)  # polling interval, bounded by the deadline above
 
 
 # --------------------------------------------------------------------------- real HTTP servers

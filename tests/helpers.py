@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import requests
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,7 +32,27 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+# --------------------------------------------------------------------------- waiting
+
+
+T = TypeVar("T")
+
+
+def wait_until(probe: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:
+    """Call `probe` until it returns something truthy, or fail after `timeout` seconds with its last value."""
+    end = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() >= end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or probe!r}; last value: {last!r}")
+        time.sleep(interval)  # polling interval, bounded by the deadline above
+
+
 # --------------------------------------------------------------------------- signing
+
 
 
 def new_p256_key() -> ec.EllipticCurvePrivateKey:

@@ -10,16 +10,15 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 
-from helpers import HttpServer, Reply, RouterServer, query_store
+from helpers import HttpServer, Reply, RouterServer, query_store, wait_until
 
-T = TypeVar("T")
 
 # Every status the router documents for POST /hooks/<provider> (README "How an event flows").
 DOCUMENTED_STATUSES = frozenset({200, 400, 401, 403, 404, 405, 408, 413, 422, 503})
@@ -28,18 +27,6 @@ FINAL_STATES = frozenset({"delivered", "dead"})
 
 
 # --------------------------------------------------------------------------- polling
-
-
-def wait_until(probe: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:
-    """Call `probe` until it returns something truthy; fail after `timeout` seconds with its last value."""
-    end = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() >= end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or probe!r}; last value: {last!r}")
-        time.sleep(interval)  # polling interval, bounded by the deadline above
 
 
 # --------------------------------------------------------------------------- processes
