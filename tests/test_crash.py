@@ -5,6 +5,9 @@ worker died mid-delivery is taken by another once its lease runs out.
 
 from __future__ import annotations
 
+import errno
+import os
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import requests
 
 from delivery_support import ScriptedServer, alive, attempts_of, jobs_of, kill_router_hard, wait_until
 from helpers import Reply, RouterServer
+from router.errors import StoreUnavailable
 from router.store import IngestResult, NewEvent, Store, now_ts
 
 THREADS = 6
@@ -221,10 +225,10 @@ def test_one_failing_event_does_not_spoil_its_batch(tmp_path: Path) -> None:
     store = Store(tmp_path / "router.db")
     conn = store._conn("ingest")
     try:
-        assert isinstance(store._ingest_batch(conn, [_event(2, [("r", "a")])])[0], IngestResult)
+        assert isinstance(store._ingest_batch(conn, lambda: [_event(2, [("r", "a")])])[0], IngestResult)
         batch = [_event(1, [("r", "a"), ("s", "b")]), _event(2, [("r", "a")]), _event(3, []),
                  _event(4, [("r", "a")], dedupe_key="k"), _event(5, [("r", "a")], dedupe_key="k")]
-        results = store._ingest_batch(conn, batch)
+        results = store._ingest_batch(conn, lambda: batch)
         assert [type(r).__name__ for r in results] == ["IngestResult", "IntegrityError", "IngestResult",
                                                        "IngestResult", "IngestResult"]
         assert results[4].duplicate and results[4].event_id == "evt_batch_0004"
@@ -264,5 +268,71 @@ def test_concurrent_ingests_are_each_committed_once(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchone() == (300, 300)
         per_event = dict(conn.execute("SELECT event_id, count(*) FROM jobs GROUP BY event_id").fetchall())
         assert per_event == {e.id: len(e.jobs) for e in events if e.jobs}
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- the fsync before the answer
+
+
+class _SyncSpy:
+    """Wraps os.fdatasync: records which file each sync was of, and what the store held by then."""
+
+    def __init__(self, db: Path, fail: int = 0):
+        self.db, self.fail = db, fail
+        self.synced: list[tuple[int, int]] = []  # (inode, events committed when the sync began)
+        self._real = os.fdatasync
+
+    def __call__(self, fd: int) -> None:
+        with sqlite3.connect(self.db) as conn:
+            committed = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        self.synced.append((os.fstat(fd).st_ino, committed))
+        if self.fail:
+            self.fail -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        self._real(fd)
+
+
+def test_fsync_durability_answers_only_after_the_wal_holding_the_event_is_synced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite commits without syncing; the WAL file is then fdatasynced, outside the write lock,
+    before the request is answered. The sync must come after the commit and be of the WAL."""
+    db = tmp_path / "router.db"
+    spy = _SyncSpy(db)
+    monkeypatch.setattr(os, "fdatasync", spy)
+    store = Store(db)
+    try:
+        for n in range(3):
+            assert store.ingest(_event(n, [("r", "a")])).event_id == f"evt_batch_{n:04d}"
+            wal = Path(str(db) + "-wal").stat().st_ino
+            assert spy.synced[-1] == (wal, n + 1)  # this event was committed, and its WAL synced, before the answer
+    finally:
+        store.close()
+
+
+def test_process_durability_does_not_sync_the_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "router.db"
+    spy = _SyncSpy(db)
+    monkeypatch.setattr(os, "fdatasync", spy)
+    store = Store(db, durability="process")
+    try:
+        store.ingest(_event(1, [("r", "a")]))
+        assert spy.synced == []
+    finally:
+        store.close()
+
+
+def test_a_failed_wal_sync_is_a_503_not_an_acknowledgement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the disk refuses the sync, the event may not be durable: the request is not answered
+    200 (the provider retries; at worst the retry is a second copy), and the store keeps working."""
+    db = tmp_path / "router.db"
+    spy = _SyncSpy(db, fail=1)
+    monkeypatch.setattr(os, "fdatasync", spy)
+    store = Store(db)
+    try:
+        with pytest.raises(StoreUnavailable, match="Input/output error"):
+            store.ingest(_event(1, [("r", "a")]))
+        assert store.ingest(_event(2, [("r", "a")])).event_id == "evt_batch_0002"
+        assert spy.synced[-1][1] == 2
     finally:
         store.close()
