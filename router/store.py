@@ -243,24 +243,50 @@ class WalSync:
         self._fd: int | None = None
         self._ino = 0
         self._pid = 0
-        self._retired: list[int] = []  # fds of earlier WAL files; another thread may still be syncing one
+        self._retired: list[int] = []  # fds of earlier WAL files (closed with the store)
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._calls = 0  # sync() calls so far; each call's number is its ticket
+        self._synced = 0  # every call up to this ticket is on disk
+        self._syncing = False
 
     def sync(self) -> None:
+        """Return once everything written to the WAL before this call is on disk.
+
+        Concurrent callers share syncs: a caller that finds a sync running waits for it to end and
+        then, unless a sync that began after its call has covered it, runs the next one itself."""
+        with self._cond:
+            self._calls += 1
+            ticket = self._calls
+            while self._syncing:
+                self._cond.wait()
+            if self._synced >= ticket:  # a sync that began after this call has covered it
+                return
+            self._syncing, upto = True, self._calls
+        done = False
+        try:
+            self._fdatasync()
+            done = True
+        finally:
+            with self._cond:
+                self._syncing = False
+                if done:
+                    self._synced = max(self._synced, upto)
+                self._cond.notify_all()
+
+    def _fdatasync(self) -> None:
         ino = os.stat(self.path).st_ino
-        with self._lock:
-            if self._fd is None or self._ino != ino or self._pid != os.getpid():
-                if self._fd is not None and self._pid == os.getpid():
-                    self._retired.append(self._fd)
-                self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                self._ino, self._pid = os.fstat(self._fd).st_ino, os.getpid()
-                folder = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
-                try:
-                    os.fsync(folder)
-                finally:
-                    os.close(folder)
-            fd = self._fd
-        os.fdatasync(fd)
+        if self._fd is None or self._ino != ino or self._pid != os.getpid():
+            if self._fd is not None and self._pid == os.getpid():
+                self._retired.append(self._fd)
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._ino, self._pid = os.fstat(self._fd).st_ino, os.getpid()
+            folder = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        os.fdatasync(self._fd)
 
     def close(self) -> None:
         with self._lock:

@@ -336,3 +336,34 @@ def test_a_failed_wal_sync_is_a_503_not_an_acknowledgement(tmp_path: Path, monke
         assert spy.synced[-1][1] == 2
     finally:
         store.close()
+
+
+def test_concurrent_wal_syncs_are_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits that finish while a sync is running are covered by one sync after it, not one each;
+    and a call returns only after a sync that began after it has ended."""
+    store = Store(tmp_path / "router.db")
+    store.ingest(_event(0, []))  # the WAL file exists
+    started, release = threading.Semaphore(0), threading.Event()
+    calls: list[int] = []
+
+    def slow_sync(fd: int) -> None:
+        calls.append(fd)
+        started.release()
+        assert release.wait(10)
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    returned: list[str] = []
+    first = threading.Thread(target=lambda: (store.wal_sync.sync(), returned.append("first")))
+    first.start()
+    assert started.acquire(timeout=10)  # the first sync is running
+    later = [threading.Thread(target=lambda: (store.wal_sync.sync(), returned.append("later"))) for _ in range(3)]
+    for t in later:
+        t.start()
+    wait_until(lambda: store.wal_sync._calls == 5)  # ingest's own call, the first, and the three later ones
+    assert returned == [] and len(calls) == 1
+    release.set()
+    for t in [first, *later]:
+        t.join(10)
+    assert sorted(returned) == ["first", "later", "later", "later"]
+    assert len(calls) == 2  # the three later calls shared the one sync that began after theirs
+    store.close()
