@@ -164,7 +164,8 @@ class Job:
         return self.attempts - self.round_start
 
 
-def connect(path: Path, *, synchronous: str) -> sqlite3.Connection:
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in WAL mode with `synchronous=NORMAL`: commits are not synced here (see WalSync)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False,
                            cached_statements=4 * ROWS_PER_INSERT)
@@ -172,7 +173,7 @@ def connect(path: Path, *, synchronous: str) -> sqlite3.Connection:
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch {path} to WAL mode (got {mode})")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = OFF")
     return conn
 
@@ -232,8 +233,8 @@ class WalSync:
 
     With `synchronous=NORMAL` a WAL commit is written but not synced; syncing the WAL file after
     COMMIT makes that transaction (and every earlier one) as durable as `synchronous=FULL` would,
-    but the 0.4+ ms wait no longer holds the lock that every other writer needs, and the syncs of
-    concurrent commits overlap. Frames moved into the database by a checkpoint in the meantime are
+    but the 0.4+ ms wait no longer holds the lock that every other writer needs, and commits that
+    finish while a sync runs share the next one. Frames moved into the database by a checkpoint in the meantime are
     safe too: a checkpoint syncs the WAL before and the database after. A WAL file seen for the
     first time (new inode) also has its folder synced, so its directory entry is durable.
     """
@@ -363,7 +364,7 @@ class Store:
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.write_lock = WriteLock(self.path)
-        conn = connect(self.path, synchronous="NORMAL")
+        conn = connect(self.path)
         try:
             init_schema(conn)
         finally:
@@ -380,7 +381,7 @@ class Store:
             conns = self._local.conns = {}
             self._local.pid = os.getpid()
         if kind not in conns:
-            conns[kind] = connect(self.path, synchronous="NORMAL")
+            conns[kind] = connect(self.path)
         return conns[kind]
 
     def reader(self) -> sqlite3.Connection:
@@ -761,7 +762,7 @@ class _GroupCommitter:
         batch: list[_Waiter] = []
         try:
             if self._conn is None:
-                self._conn = connect(self.store.path, synchronous="NORMAL")
+                self._conn = connect(self.store.path)
                 # a store locked by another program: answer 503 soon rather than hold the request
                 self._conn.execute(f"PRAGMA busy_timeout = {INGEST_BUSY_TIMEOUT_MS}")
             results = self.store._ingest_batch(self._conn, lambda: self._take(batch))
