@@ -192,6 +192,17 @@ def metrics_router(start_router, site: ScriptedServer) -> tuple[RouterServer, Tr
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(lambda j: accepted("src", "/hooks/src", dumps({"case": j[0]}), j[1]), jobs))
 
+        # which worker accepts a connection is the kernel's choice: on a busy machine one worker can win them
+        # all. Send more events that match nothing (no deliveries) until a second worker has taken some.
+        def spread() -> bool:
+            per_pid = per_process_counts(metrics.default_dir(router.store_path), "router_events_received_total")
+            if sum(1 for n in per_pid.values() if n) >= 2:
+                return True
+            list(pool.map(lambda _: accepted("src", "/hooks/src", dumps({"case": "nothing"}), []), range(12)))
+            return False
+
+        wait_until(spread, timeout=60, what="a second gunicorn worker to take some of the traffic")
+
     # signed unitary events: accepted, then duplicates of the first
     for i in range(4):
         body = unitary_payload(f"job-{i}")
