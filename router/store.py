@@ -374,18 +374,16 @@ class Store:
 
     # ------------------------------------------------------------------ connections
 
-    def _conn(self, kind: str) -> sqlite3.Connection:
-        """A connection per thread and purpose (ingest or work)."""
-        conns = getattr(self._local, "conns", None)
-        if conns is None or self._local.pid != os.getpid():
-            conns = self._local.conns = {}
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection (ingest has its own, in _GroupCommitter)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            conn = self._local.conn = connect(self.path)
             self._local.pid = os.getpid()
-        if kind not in conns:
-            conns[kind] = connect(self.path)
-        return conns[kind]
+        return conn
 
     def reader(self) -> sqlite3.Connection:
-        return self._conn("work")
+        return self._conn()
 
     # ------------------------------------------------------------------ ingest
 
@@ -463,7 +461,7 @@ class Store:
     def writable(self) -> bool:
         """Readiness: can we take the write lock right now?"""
         try:
-            conn = self._conn("work")
+            conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("ROLLBACK")
             return True
@@ -485,7 +483,7 @@ class Store:
         """Lease up to `limit` due jobs. A rate-limited action gives at most one job per claim, and only
         when its shared slot (in `rates`) is free, so its pace holds across every process."""
         now = now_ts() if now is None else now
-        conn = self._conn("work")
+        conn = self._conn()
         claimed: list[Job] = []
         with _transaction(conn, self.write_lock):
             blocked = {a for (a,) in conn.execute("SELECT action FROM rates WHERE next_ts > ?", (now,))}
@@ -556,7 +554,7 @@ class Store:
         """Record attempts and move jobs on; only the lease owner's word counts. Returns how many applied."""
         if not outcomes:
             return 0
-        conn = self._conn("work")
+        conn = self._conn()
         applied = 0
         with _transaction(conn, self.write_lock):
             for o in outcomes:
@@ -590,7 +588,7 @@ class Store:
         return applied
 
     def next_due(self) -> float | None:
-        row = self._conn("work").execute("SELECT min(next_ts) FROM jobs WHERE state = 'pending'").fetchone()
+        row = self._conn().execute("SELECT min(next_ts) FROM jobs WHERE state = 'pending'").fetchone()
         return row[0] if row else None
 
     # ------------------------------------------------------------------ operations
@@ -598,7 +596,7 @@ class Store:
     def replay(self, ident: str, now: float | None = None) -> int:
         """Re-queue a dead job (by job id) or every dead job of an event (by event id)."""
         now = now_ts() if now is None else now
-        conn = self._conn("work")
+        conn = self._conn()
         with _transaction(conn, self.write_lock):
             # attempts keep counting (the history keeps every one); the schedule restarts from here
             column = "id" if ident.isdigit() else "event_id"
@@ -613,7 +611,7 @@ class Store:
         """Jobs whose action no longer exists (after a reload) become dead letters that say so."""
         now = now_ts() if now is None else now
         known = list(known)
-        conn = self._conn("work")
+        conn = self._conn()
         with _transaction(conn, self.write_lock):
             marks = ",".join("?" * len(known)) or "''"
             cur = conn.execute(
@@ -627,7 +625,7 @@ class Store:
         """Delete delivered jobs (and events with nothing left to deliver) older than `retention`;
         dead letters only when `dead_retention` is set."""
         now = now_ts() if now is None else now
-        conn = self._conn("work")
+        conn = self._conn()
         with _transaction(conn, self.write_lock):
             cutoff = now - retention
             jobs = conn.execute("DELETE FROM jobs WHERE state = 'delivered' AND updated_ts < ?", (cutoff,)).rowcount
@@ -644,7 +642,7 @@ class Store:
 
     def save_rules_snapshot(self, rules_path: str, text: str) -> None:
         """Keep the last rules text that loaded, so a worker can fall back to it."""
-        conn = self._conn("work")
+        conn = self._conn()
         key = f"last_good_rules:{rules_path}"
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         if row is not None and row[0] == text:
@@ -653,19 +651,19 @@ class Store:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, text))
 
     def rules_snapshot(self, rules_path: str) -> str | None:
-        row = self._conn("work").execute(
+        row = self._conn().execute(
             "SELECT value FROM meta WHERE key = ?", (f"last_good_rules:{rules_path}",)
         ).fetchone()
         return row[0] if row else None
 
     def close(self) -> None:
-        conns = getattr(self._local, "conns", None) or {}
-        for conn in conns.values():
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
             try:
                 conn.close()
             except sqlite3.Error:
                 pass
-        self._local.conns = {}
+        self._local.conn = None
         self.wal_sync.close()
 
 

@@ -223,7 +223,7 @@ def test_one_failing_event_does_not_spoil_its_batch(tmp_path: Path) -> None:
     """A batch is written with one multi-row INSERT per table; when one of its events cannot be
     stored (here: its id is taken), the others are still committed, each with exactly its jobs."""
     store = Store(tmp_path / "router.db")
-    conn = store._conn("ingest")
+    conn = store._conn()
     try:
         assert isinstance(store._ingest_batch(conn, lambda: [_event(2, [("r", "a")])])[0], IngestResult)
         batch = [_event(1, [("r", "a"), ("s", "b")]), _event(2, [("r", "a")]), _event(3, []),
