@@ -348,7 +348,8 @@ def ingest_benchmarks(work: Path, duration: int, quick: bool, rounds: int) -> li
 
 
 def delivery_benchmarks(work: Path, backlog: int, duration: int) -> list[dict]:
-    from router.store import Store, new_event_id
+    from router.model import new_event_id
+    from router.store.sqlite import SqliteStore as Store
 
     rows: list[dict] = []
     key, pem = panjaya_key()

@@ -15,8 +15,11 @@ from typing import Any, NoReturn
 import click
 
 from router import __version__
-from router import config as config_mod
-from router.errors import ConfigError, RequestError, SchemaError
+from router.config.fields import did_you_mean
+from router.config.loader import load
+from router.config.model import Config
+from router.errors import ConfigError, RequestError, SchemaError, StoreError
+from router.store.base import Store
 
 
 class Invalid(click.ClickException):
@@ -29,9 +32,9 @@ class Invalid(click.ClickException):
             click.echo(self.message, err=True)
 
 
-def _load(rules: str, *, problems_to_stdout: bool = False) -> config_mod.Config:
+def _load(rules: str, *, problems_to_stdout: bool = False) -> Config:
     try:
-        return config_mod.load(rules)
+        return load(rules)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=not problems_to_stdout)
@@ -99,16 +102,16 @@ def test_cmd(rules: str, payload: str, provider_name: str, headers: tuple[str, .
 
     Exit 0, or 1 when the payload is invalid or the matched rules are not exactly the --expect set.
     """
-    from router import payload as payloads
     from router.actions.base import Delivery
-    from router.conditions import EventView
     from router.errors import DeliveryError
-    from router.store import iso_utc, new_event_id, now_ts
+    from router.model import iso_utc, new_event_id, now_ts
+    from router.pipeline import payload as payloads
+    from router.pipeline.conditions import EventView
 
     config = _load(rules)
     spec = config.providers.get(provider_name)
     if spec is None:
-        hint = config_mod.did_you_mean(provider_name, config.providers)
+        hint = did_you_mean(provider_name, config.providers)
         raise click.UsageError(f"no provider named '{provider_name}'{hint}; known: {', '.join(config.providers)}")
     try:
         body = sys.stdin.buffer.read() if payload == "-" else Path(payload).read_bytes()
@@ -182,7 +185,7 @@ def test_cmd(rules: str, payload: str, provider_name: str, headers: tuple[str, .
 def serve(rules: str, bind: str, workers: int | None, threads: int, timeout: int, access_log: bool,
           no_delivery: bool) -> None:
     """Run the service under gunicorn. This process is the gunicorn master: HUP reloads, TERM stops."""
-    from router.server import run
+    from router.web.server import run
 
     _load(rules)  # fail fast, with validate's messages, before any worker starts
     run(str(Path(rules).resolve()), bind=bind, workers=workers, threads=threads, timeout=timeout,
@@ -198,7 +201,7 @@ def worker(rules: str, concurrency: int | None) -> None:
     import threading
 
     from router import logs
-    from router.app import RouterState
+    from router.web.app import RouterState
 
     config = _load(rules)
     logs.setup(config.redactor)
@@ -213,7 +216,7 @@ def worker(rules: str, concurrency: int | None) -> None:
 
     def reload(signum: int, frame: Any) -> None:
         try:
-            state.config = config_mod.load(rules)
+            state.config = load(rules)
             logs.use_redactor(state.config.redactor)
             logs.info("rules reloaded", rules=str(rules))
         except ConfigError as exc:
@@ -232,13 +235,17 @@ def worker(rules: str, concurrency: int | None) -> None:
 # --------------------------------------------------------------------------- store inspection
 
 
-def _store(rules: str) -> tuple[config_mod.Config, Any]:
-    from router.store import Store
+def _store(rules: str) -> tuple[Config, Store]:
+    from router.store import is_postgres, open_store
 
     config = _load(rules)
-    if not config.settings.store.exists():
-        raise Invalid(f"no store yet at {config.settings.store} (nothing received)")
-    return config, Store(config.settings.store, config.settings.durability)
+    location = config.settings.store
+    if not is_postgres(location) and not Path(location).exists():
+        raise Invalid(f"no store yet at {location} (nothing received)")
+    try:
+        return config, open_store(location, config.settings.durability)
+    except StoreError as exc:
+        raise Invalid(config.redactor(f"cannot open the store: {exc}")) from None
 
 
 @cli.group()
@@ -253,10 +260,10 @@ def events() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def events_list(rules: str, provider: str | None, limit: int, as_json: bool) -> None:
     """The newest events, with their delivery states."""
-    from router import inspect
+    from router.store import EventFilter
 
     config, store = _store(rules)
-    rows = inspect.list_events(store, provider=provider, limit=limit)
+    rows = store.list_events(EventFilter(provider=provider, limit=limit))
     _print_rows(rows, as_json, ["event_id", "received_at", "provider", "matched", "deliveries"], config)
 
 
@@ -265,10 +272,8 @@ def events_list(rules: str, provider: str | None, limit: int, as_json: bool) -> 
 @click.argument("event_id")
 def events_show(rules: str, event_id: str) -> None:
     """One event: headers, payload, and every delivery with its attempts. Exit 1 when not found."""
-    from router import inspect
-
     config, store = _store(rules)
-    found = inspect.show_event(store, event_id)
+    found = store.show_event(event_id)
     if found is None:
         raise Invalid(f"no event {event_id}")
     click.echo(config.redactor(json.dumps(found, indent=2, ensure_ascii=False, default=str)))
@@ -286,10 +291,8 @@ def dead_letters() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def dead_letters_list(rules: str, action: str | None, limit: int, as_json: bool) -> None:
     """Dead-lettered deliveries, newest first, with the reason. Replay one with `router replay JOB_ID`."""
-    from router import inspect
-
     config, store = _store(rules)
-    rows = inspect.list_dead(store, action=action, limit=limit)
+    rows = store.list_dead(action=action, limit=limit)
     _print_rows(rows, as_json, ["job_id", "event_id", "rule", "action", "attempts", "status", "dead_at", "reason"], config)
 
 
@@ -305,7 +308,7 @@ def replay(rules: str, ident: str) -> None:
     click.echo(f"re-queued {count} deliver{'y' if count == 1 else 'ies'}")
 
 
-def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: list[str], config: config_mod.Config) -> None:
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: list[str], config: Config) -> None:
     redact = config.redactor
     if as_json:
         for row in rows:
@@ -336,22 +339,15 @@ def _cell(value: Any) -> str:
 @_rules_option
 @click.argument("destination", type=click.Path(dir_okay=False))
 def backup(rules: str, destination: str) -> None:
-    """Copy the store to DESTINATION while the router runs (SQLite's online backup)."""
-    import sqlite3
-
+    """Copy the store to DESTINATION while the router runs (SQLite's online backup; pg_dump for PostgreSQL)."""
     config, store = _store(rules)
     dest = Path(destination)
     if dest.exists():
         raise Invalid(f"{destination} exists; give a new file name")
-    source = sqlite3.connect(str(config.settings.store))
-    target = sqlite3.connect(str(dest))
     try:
-        with target:
-            source.backup(target, pages=1024)
-    finally:
-        target.close()
-        source.close()
-    click.echo(f"backed up {config.settings.store} to {dest} ({dest.stat().st_size:,} bytes)")
+        click.echo(store.backup(dest))
+    except StoreError as exc:
+        raise Invalid(config.redactor(str(exc))) from None
 
 
 # --------------------------------------------------------------------------- sign
@@ -371,7 +367,7 @@ def sign(rules: str, provider_name: str, private_key: str | None, curl_url: str 
     config = _load(rules)
     spec = config.providers.get(provider_name)
     if spec is None:
-        hint = config_mod.did_you_mean(provider_name, config.providers)
+        hint = did_you_mean(provider_name, config.providers)
         raise click.UsageError(f"no provider named '{provider_name}'{hint}")
     body = sys.stdin.buffer.read() if payload == "-" else Path(payload).read_bytes()
     key = Path(private_key).read_bytes() if private_key else None

@@ -17,9 +17,10 @@ from collections.abc import Callable
 
 from router import logs, metrics
 from router.actions.base import LEASE_MARGIN, Delivery
-from router.config import ActionSpec, Config
+from router.config.model import ActionSpec, Config
 from router.errors import DeliveryError
-from router.store import Job, Outcome, Store, now_ts
+from router.model import Job, Outcome, Verdict, now_ts
+from router.store import Store
 
 IDLE_POLL = 0.25  # seconds between looks at the store when nothing is due
 PRUNE_EVERY = 300.0
@@ -39,30 +40,31 @@ def decide(job: Job, spec: ActionSpec, error: DeliveryError, now: float, rng: ra
             jitter = spec.retry.jitter
             delay = schedule[n - 1] * (1 + rng.uniform(-jitter, jitter))
         return Outcome(
-            job.id, job.lease_owner, job.action, job.attempts, "pending", now,
+            job.id, job.lease_owner, job.action, job.attempts, Verdict.RETRY, now,
             next_ts=now + max(0.0, delay), status=error.status, error=error.message, retryable=True,
             hold_action_until=hold,
         )
     reason = error.message if not error.retryable else f"gave up after {n} attempts: {error.message}"
     return Outcome(
-        job.id, job.lease_owner, job.action, job.attempts, "dead", now, next_ts=now, status=error.status,
+        job.id, job.lease_owner, job.action, job.attempts, Verdict.DEAD, now, next_ts=now, status=error.status,
         error=error.message, reason=reason, retryable=error.retryable, hold_action_until=hold,
     )
 
 
 def delivery_for(job: Job) -> Delivery:
     e = job.event
+    assert e is not None
     return Delivery(
         event_id=job.event_id,
-        provider=e["provider"],
+        provider=e.provider,
         rule=job.rule,
         action=job.action,
         attempt=job.attempts,
-        received_at=e["received_at"],
-        headers=e["headers"],
-        query=e["query"],
-        body=e["body"],
-        content_type=e["content_type"],
+        received_at=e.received_at,
+        headers=e.headers,
+        query=e.query,
+        body=e.body,
+        content_type=e.content_type,
     )
 
 
@@ -127,7 +129,7 @@ class Deliverer:
             except queue.Empty:
                 break
             if job is not None:
-                released.append(Outcome(job.id, job.lease_owner, job.action, job.attempts, "released", now_ts()))
+                released.append(Outcome(job.id, job.lease_owner, job.action, job.attempts, Verdict.RELEASED, now_ts()))
         for _ in self._threads:
             self._work.put(None)
         deadline = time.monotonic() + grace
@@ -207,41 +209,41 @@ class Deliverer:
         if spec is None:
             error = DeliveryError(f"action '{job.action}' no longer exists in the rules file", retryable=False)
             return self._failed(job, None, error, started)
-        if not job.event:
+        if job.event is None:
             error = DeliveryError("the event is no longer in the store", retryable=False)
             return self._failed(job, spec, error, started)
         try:
             status = spec.impl.deliver(delivery_for(job))
-        except DeliveryError as error:
-            return self._failed(job, spec, error, started)
+        except DeliveryError as failed:
+            return self._failed(job, spec, failed, started)
         except UnicodeError as exc:  # the same bytes fail the same way every time
-            error = DeliveryError(f"cannot encode the delivery: {type(exc).__name__}", retryable=False)
-            return self._failed(job, spec, error, started)
+            unencodable = DeliveryError(f"cannot encode the delivery: {type(exc).__name__}", retryable=False)
+            return self._failed(job, spec, unencodable, started)
         except Exception as exc:  # a bug of ours: never lose the job to it; the schedule still applies
-            error = DeliveryError(f"internal error: {type(exc).__name__}: {exc}", retryable=True)
-            return self._failed(job, spec, error, started)
+            internal = DeliveryError(f"internal error: {type(exc).__name__}: {exc}", retryable=True)
+            return self._failed(job, spec, internal, started)
         latency = (time.perf_counter() - started) * 1000
         metrics.delivery(job.action, "delivered", latency / 1000)
         logs.info(
-            "delivery", event_id=job.event_id, provider=job.event.get("provider"), rule=job.rule, action=job.action,
+            "delivery", event_id=job.event_id, provider=job.event.provider if job.event else None, rule=job.rule, action=job.action,
             attempt=job.attempts, outcome="delivered", status=status, latency_ms=round(latency, 2),
         )
-        return Outcome(job.id, job.lease_owner, job.action, job.attempts, "delivered", now_ts(),
+        return Outcome(job.id, job.lease_owner, job.action, job.attempts, Verdict.DELIVERED, now_ts(),
                        status=status, latency_ms=latency)
 
     def _failed(self, job: Job, spec: ActionSpec | None, error: DeliveryError, started: float) -> Outcome:
         latency = (time.perf_counter() - started) * 1000
         now = now_ts()
         if spec is None:
-            outcome = Outcome(job.id, job.lease_owner, job.action, job.attempts, "dead", now, error=error.message,
+            outcome = Outcome(job.id, job.lease_owner, job.action, job.attempts, Verdict.DEAD, now, error=error.message,
                               reason=error.message)
         else:
             outcome = decide(job, spec, error, now)
         outcome.latency_ms = latency
-        label = "retry" if outcome.state == "pending" else "dead"
+        label = outcome.verdict.value
         metrics.delivery(job.action, label, latency / 1000)
         logs.info(
-            "delivery", event_id=job.event_id, provider=job.event.get("provider"), rule=job.rule, action=job.action,
+            "delivery", event_id=job.event_id, provider=job.event.provider if job.event else None, rule=job.rule, action=job.action,
             attempt=job.attempts, outcome=label, status=error.status, error=error.message, latency_ms=round(latency, 2),
         )
         return outcome

@@ -5,7 +5,8 @@
     ├── RequestError       an incoming request is refused; carries its HTTP status and error code
     │   ├── AuthError      401 / 403: not from who it claims to be
     │   └── PayloadError   400 / 413 / 422: not something we can accept
-    ├── StoreUnavailable   the store could not commit; the request gets 503 and nothing was written
+    ├── StoreError         the store failed (a driver's error, translated at the store's boundary)
+    │   └── StoreUnavailable   an event could not be committed; the request gets 503 and nothing was written
     └── DeliveryError      one delivery attempt failed; `retryable` says whether to try again
 
 HTTP and CLI turn these into answers at the edge, nowhere else.
@@ -74,7 +75,11 @@ class SchemaError(PayloadError):
         self.detail = detail
 
 
-class StoreUnavailable(RouterError):
+class StoreError(RouterError):
+    pass
+
+
+class StoreUnavailable(StoreError):
     pass
 
 

@@ -20,9 +20,10 @@ import os
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+from router.store.base import Store
 
 _metrics: dict[str, Any] = {}
 _registry_factory: Any = None  # builds a fresh registry for each scrape
@@ -40,13 +41,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def default_dir(store_path: Path) -> Path:
+def default_dir(store: Path | str) -> Path:
     """One private folder per store, in the system's temporary directory.
 
     Not beside the store: prometheus_client writes through mmap, and a process writing to a mapped
     page of a full file system gets SIGBUS. The store's disk filling up must cost a 503, not a worker.
     """
-    digest = hashlib.sha256(str(Path(store_path).resolve()).encode()).hexdigest()[:16]
+    key = store if isinstance(store, str) else str(Path(store).resolve())  # a URI, or the SQLite file
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"router-metrics-{os.getuid()}-{digest}"
 
 
@@ -67,7 +69,7 @@ def _prepare_dir(folder: Path) -> None:
                     pass
 
 
-def init(store_path: Path) -> None:
+def init(store_path: Path | str) -> None:
     """Set up the metrics of this process (idempotent)."""
     global _registry_factory
     if _metrics:
@@ -133,7 +135,7 @@ def reload(ok: bool) -> None:
 
 
 class _StoreCollector:
-    def __init__(self, store: Any, actions: list[str]):
+    def __init__(self, store: Store, actions: list[str]):
         self.store = store
         self.actions = actions
 
@@ -143,22 +145,18 @@ class _StoreCollector:
         depth = GaugeMetricFamily("router_queue_depth", "Jobs waiting to be delivered, by action.", labels=["action"])
         dead = GaugeMetricFamily("router_dead_letters", "Dead-lettered deliveries kept, by action.", labels=["action"])
         oldest = GaugeMetricFamily("router_oldest_pending_job_age_seconds", "Age of the oldest job not yet delivered.")
-        conn = self.store.reader()
-        counts = {(a, s): 0 for a in self.actions for s in ("pending", "dead")}
-        for action, state, count in conn.execute(
-            "SELECT action, state, count(*) FROM jobs WHERE state IN ('pending', 'dead') GROUP BY action, state"
-        ):
-            counts[(action, state)] = count
-        for (action, state), count in sorted(counts.items()):
-            (depth if state == "pending" else dead).add_metric([action], count)
-        row = conn.execute("SELECT min(created_ts) FROM jobs WHERE state = 'pending'").fetchone()
-        oldest.add_metric([], max(0.0, time.time() - row[0]) if row and row[0] is not None else 0.0)
+        gauges = self.store.queue_gauges()
+        for action in sorted(set(self.actions) | set(gauges.pending) | set(gauges.dead)):
+            depth.add_metric([action], gauges.pending.get(action, 0))
+            dead.add_metric([action], gauges.dead.get(action, 0))
+        age = gauges.now - gauges.oldest_pending_ts if gauges.oldest_pending_ts is not None else 0.0
+        oldest.add_metric([], max(0.0, age))
         yield depth
         yield dead
         yield oldest
 
 
-def scrape(store: Any, actions: list[str]) -> tuple[bytes, str]:
+def scrape(store: Store, actions: list[str]) -> tuple[bytes, str]:
     """The Prometheus text exposition of every process's metrics plus the store's gauges."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 

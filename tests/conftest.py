@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-
 from helpers import Downstream, Reply, RouterServer, new_p256_key, public_pem, run_cli
 
 

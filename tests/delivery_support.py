@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-
 from helpers import HttpServer, Recorded, Reply, RouterServer, free_port, query_store, wait_until
-
 
 # A retry schedule short enough for tests: two retries 200 ms apart, no jitter.
 FAST_RETRY = "{schedule: [200ms, 200ms], jitter: 0}"

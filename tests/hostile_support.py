@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-
 from helpers import HttpServer, Reply, RouterServer, query_store, wait_until
-
 
 # Every status the router documents for POST /hooks/<provider> (README "How an event flows").
 DOCUMENTED_STATUSES = frozenset({200, 400, 401, 403, 404, 405, 408, 413, 422, 503})

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
-
 from delivery_support import children_of, wait_until
 from helpers import RouterServer
+from prometheus_client.parser import text_string_to_metric_families
 
 # --------------------------------------------------------------------------- `router serve` as the gunicorn master
 

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from delivery_support import FAST_RETRY, attempts_of, post_event, wait_one_final, wait_until
 from helpers import RouterServer
 

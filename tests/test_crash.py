@@ -9,18 +9,21 @@ import errno
 import os
 import sqlite3
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import requests
-
 from delivery_support import ScriptedServer, alive, attempts_of, jobs_of, kill_router_hard, wait_until
 from helpers import Reply, RouterServer
+
 from router.errors import StoreUnavailable
-from router.store import IngestResult, NewEvent, Store, now_ts
+from router.model import IngestResult, NewEvent, Outcome, Verdict, now_ts
+from router.store.sqlite import SqliteStore as Store
+from router.store.sqlite import _Rows
 
 THREADS = 6
-PER_THREAD = 50
+PER_THREAD = 1000  # an upper bound: the burst runs until the kill ends it (it must not end before)
 HANG_TIMEOUT = 2.0  # the hang action's timeout; its lease is this plus 15 s
 LEASE = HANG_TIMEOUT + 15.0
 
@@ -152,7 +155,7 @@ def test_lease_keeps_a_claimed_job_from_others_until_it_expires(tmp_path: Path) 
 
         [job] = store.claim("worker-a", 4, leases, {}, now=t0)
         assert (job.event_id, job.attempts, job.lease_owner) == (event_id, 1, "worker-a")
-        assert job.event["body"] == b"{}"
+        assert job.event is not None and job.event.body == b"{}"
 
         assert store.claim("worker-b", 4, leases, {}, now=t0 + 0.1) == []
         assert store.claim("worker-b", 4, leases, {}, now=t0 + 4.9) == []
@@ -164,13 +167,11 @@ def test_lease_keeps_a_claimed_job_from_others_until_it_expires(tmp_path: Path) 
         assert "lease expired" in lost[0]["error"]
 
         # the worker that lost its lease reports late: its word no longer counts
-        from router.store import Outcome
-
-        late = Outcome(job.id, "worker-a", "act", 1, "delivered", t0 + 6, status=200)
+        late = Outcome(job.id, "worker-a", "act", 1, Verdict.DELIVERED, t0 + 6, status=200)
         assert store.finish([late]) == 0
         assert jobs_of(store.path, event_id)[0]["state"] == "pending"
 
-        done = Outcome(job.id, "worker-b", "act", 2, "delivered", t0 + 6, status=200)
+        done = Outcome(job.id, "worker-b", "act", 2, Verdict.DELIVERED, t0 + 6, status=200)
         assert store.finish([done]) == 1
         [row] = jobs_of(store.path, event_id)
         assert (row["state"], row["attempts"], row["lease_owner"]) == ("delivered", 2, None)
@@ -180,14 +181,12 @@ def test_lease_keeps_a_claimed_job_from_others_until_it_expires(tmp_path: Path) 
 
 
 def test_released_job_is_due_at_once_for_another_worker(tmp_path: Path) -> None:
-    from router.store import Outcome
-
     store = Store(tmp_path / "router.db")
     try:
         one_job(store)
         t0 = now_ts() + 1
         [job] = store.claim("worker-a", 1, {"act": 60.0}, {}, now=t0)
-        assert store.finish([Outcome(job.id, "worker-a", "act", 1, "released", t0 + 0.1)]) == 1
+        assert store.finish([Outcome(job.id, "worker-a", "act", 1, Verdict.RELEASED, t0 + 0.1)]) == 1
         [again] = store.claim("worker-b", 1, {"act": 60.0}, {}, now=t0 + 0.2)
         assert (again.id, again.attempts) == (job.id, 1)  # a hand-back is not an attempt
     finally:
@@ -225,17 +224,19 @@ def test_one_failing_event_does_not_spoil_its_batch(tmp_path: Path) -> None:
     store = Store(tmp_path / "router.db")
     conn = store._conn()
     try:
-        assert isinstance(store._ingest_batch(conn, lambda: [_event(2, [("r", "a")])])[0], IngestResult)
+        assert isinstance(store._ingest_batch(conn, lambda: [_Rows(_event(2, [("r", "a")]))])[0], IngestResult)
         batch = [_event(1, [("r", "a"), ("s", "b")]), _event(2, [("r", "a")]), _event(3, []),
                  _event(4, [("r", "a")], dedupe_key="k"), _event(5, [("r", "a")], dedupe_key="k")]
-        results = store._ingest_batch(conn, lambda: batch)
+        results = store._ingest_batch(conn, lambda: [_Rows(e) for e in batch])
         assert [type(r).__name__ for r in results] == ["IngestResult", "IntegrityError", "IngestResult",
                                                        "IngestResult", "IngestResult"]
         assert results[4].duplicate and results[4].event_id == "evt_batch_0004"
-        rows = conn.execute("SELECT id, body FROM events ORDER BY id").fetchall()
-        assert rows == [("evt_batch_0001", b'{"n": 1}'), ("evt_batch_0002", b'{"n": 2}'),
-                        ("evt_batch_0003", b'{"n": 3}'), ("evt_batch_0004", b'{"n": 4}')]
-        jobs = conn.execute("SELECT event_id, rule, action FROM jobs ORDER BY id").fetchall()
+        assert store.counts()["events"] == 4
+        for n in (1, 2, 3, 4):
+            stored = store.event(f"evt_batch_{n:04d}")
+            assert stored is not None and stored.body == b'{"n": %d}' % n
+        assert store.event("evt_batch_0005") is None
+        jobs = [(j.event_id, j.rule, j.action) for j in store.jobs()]
         assert jobs == [("evt_batch_0002", "r", "a"), ("evt_batch_0001", "r", "a"), ("evt_batch_0001", "s", "b"),
                         ("evt_batch_0004", "r", "a")]
     finally:
@@ -264,9 +265,9 @@ def test_concurrent_ingests_are_each_committed_once(tmp_path: Path) -> None:
     try:
         assert sorted(results) == [e.id for e in events]
         assert all(results[e.id].deliveries == len(e.jobs) and results[e.id].event_id == e.id for e in events)
-        conn = store.reader()
-        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchone() == (300, 300)
-        per_event = dict(conn.execute("SELECT event_id, count(*) FROM jobs GROUP BY event_id").fetchall())
+        assert store.counts()["events"] == 300
+        assert all(store.event(e.id) is not None for e in events)
+        per_event = Counter(j.event_id for j in store.jobs())
         assert per_event == {e.id: len(e.jobs) for e in events if e.jobs}
     finally:
         store.close()

@@ -12,8 +12,6 @@ import json
 import uuid
 
 import pytest
-from standardwebhooks import Webhook
-
 from delivery_support import (
     FAST_RETRY,
     ScriptedServer,
@@ -25,6 +23,8 @@ from delivery_support import (
     wait_until,
 )
 from helpers import Reply, RouterServer
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 SIGN_SECRET = "whsec_" + base64.b64encode(b"forward-signing-key-for-tests-0123").decode()
 
@@ -159,9 +159,9 @@ def test_signed_delivery_verifies_with_standard_webhooks(router: RouterServer, s
     assert verified["marker"] == json.loads(rec.body)["marker"]
 
     wrong = "whsec_" + base64.b64encode(b"some-other-key-of-enough-length!").decode()
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(wrong).verify(rec.body, rec.headers)
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(SIGN_SECRET).verify(rec.body + b" ", rec.headers)
 
 

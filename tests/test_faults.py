@@ -21,9 +21,6 @@ from pathlib import Path
 import pytest
 import requests
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from helpers import PROJECT_ROOT, Reply, RouterServer
 from hostile_support import (
     PathServer,
@@ -41,6 +38,8 @@ from hostile_support import (
     wait_until,
     worker_pids,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 REDIRECTS = (301, 302, 303, 307, 308)
 PERMANENT = (404, 410)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import requests
-
 from helpers import Downstream, Reply
 
 

@@ -18,7 +18,6 @@ import pytest
 import requests
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
 from helpers import (
     HMAC_SECRET,
     SECRET_ENV,
@@ -375,7 +374,8 @@ def test_replayed_signed_request_is_a_duplicate_with_no_new_jobs(server, session
 
 def test_token_comparison_is_constant_time_in_code():
     """Code-level: the token check goes through Secret.matches, which uses hmac.compare_digest."""
-    from router import ingest, secret
+    from router import secret
+    from router.pipeline import ingest
     from router.providers import hmac as hmac_provider
 
     assert "hmac.compare_digest" in inspect.getsource(secret.Secret.matches)

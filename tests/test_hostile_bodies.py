@@ -11,7 +11,6 @@ import socket
 
 import pytest
 import requests
-
 from helpers import RouterServer
 from hostile_support import (
     LAST_CHUNK,

@@ -10,7 +10,6 @@ import json
 import uuid
 
 import pytest
-
 from helpers import (
     HMAC_SECRET,
     SECRET_ENV,
@@ -657,7 +656,7 @@ def test_matched_event_on_none_provider(server):
 
 
 def test_body_stored_byte_for_byte(server):
-    body = '{"n": "%s",   "text": "caf\u00e9 \u2603",\t"flag": false}\r\n' % uid()
+    body = '{"n": "' + uid() + '",   "text": "caf\u00e9 \u2603",\t"flag": false}\r\n'
     raw = body.encode("utf-8")
     answer = assert_accepted(server.post("/hooks/open", raw), server, raw, [], "open")
     assert server.event_body(answer["event_id"]) == raw
@@ -724,7 +723,7 @@ def test_schema_violations_422_exact_detail_shape(server):
         assert isinstance(entry["loc"], list) and entry["loc"][0] == "body"
         assert isinstance(entry["msg"], str) and entry["msg"]
         assert isinstance(entry["type"], str) and entry["type"]
-    locs = sorted((tuple(map(str, d["loc"])) for d in detail))
+    locs = sorted(tuple(map(str, d["loc"])) for d in detail)
     assert locs == sorted([("body", "amount"), ("body", "customer", "email"), ("body", "items", "1", "sku")]), detail
     # list indexes are integers, as in the documented FastAPI-style shape
     assert ["body", "items", 1, "sku"] in [d["loc"] for d in detail]

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from helpers import Downstream, Recorded, RouterServer
 from hostile_support import FINAL_STATES, attempts_of, jobs_of, wait_settled, wait_until
 

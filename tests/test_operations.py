@@ -20,10 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-from router import metrics
 import requests
-
 from delivery_support import ScriptedServer, SlackStandIn, alive, jobs_of, wait_until
 from helpers import (
     HMAC_SECRET,
@@ -52,6 +49,8 @@ from ops_support import (
     wait_workers,
     workers_of,
 )
+
+from router import metrics
 
 # --------------------------------------------------------------------------- fixtures
 

@@ -14,9 +14,6 @@ import string
 
 import pytest
 import requests
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
-
 from helpers import (
     HMAC_SECRET,
     SECRET_ENV,
@@ -29,6 +26,8 @@ from helpers import (
     sign_unitary,
 )
 from hostile_support import DOCUMENTED_STATUSES, assert_clean_log, events_count, host_port, log_size
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 MAX_BODY = 4096
 

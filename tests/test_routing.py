@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import RouterServer, dumps, run_cli
 
 PAYLOAD = {

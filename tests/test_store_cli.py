@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-
 from delivery_support import ScriptedServer, attempts_of, jobs_of, post_event, wait_final, wait_until
 from helpers import Reply, RouterServer, run_cli
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from helpers import PROJECT_ROOT, run_cli
 
 SECRET = "s3cr3t-value-xyz"

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import email.utils
 import json
-import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from router.config import Field, Settings
+from router.config.fields import Field
+from router.config.settings import Settings
+from router.model import template_context
 
 DEFAULT_TIMEOUT = 10.0
-LEASE_MARGIN = 15.0  # a claim outlives the action's timeout by this much (SPEC section 6)
+LEASE_MARGIN = 15.0  # a claim outlives the action's timeout by this much (the README's delivery promise)
 
 
 @dataclass
@@ -37,15 +37,8 @@ class Delivery:
         return self._payload
 
     def context(self) -> dict[str, Any]:
-        return {
-            "payload": self.payload,
-            "headers": dict(self.headers),
-            "query": dict(self.query),
-            "provider": self.provider,
-            "event_id": self.event_id,
-            "received_at": self.received_at,
-            "rule": self.rule,
-        }
+        return template_context(self.payload, self.headers, self.query, self.provider, self.event_id,
+                                self.received_at, self.rule)
 
 
 class Action:
@@ -69,28 +62,3 @@ class Action:
     def deliver(self, delivery: Delivery) -> int | None:
         """One attempt. Returns the downstream status (if any); raises DeliveryError on failure."""
         raise NotImplementedError
-
-
-# --------------------------------------------------------------------------- HTTP outcomes shared by forward and slack
-
-RETRYABLE_STATUS = {408, 425, 429}
-
-
-def is_retryable_status(status: int) -> bool:
-    return status in RETRYABLE_STATUS or status >= 500
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))

@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from router.actions.base import Action, Delivery
-from router.config import Field, as_template, one_of
+from router.config.fields import Field, as_template, one_of
 from router.errors import DeliveryError
 from router.templates import Template, TemplateError
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from router.actions import http
 from router.actions.base import Action, Delivery
-from router.config import (
+from router.config.fields import (
     Ctx,
     Field,
     PathT,

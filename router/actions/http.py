@@ -7,20 +7,45 @@ requests, and delivery throughput is bound by exactly that.
 
 from __future__ import annotations
 
+import email.utils
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 import urllib3
 from urllib3 import exceptions as ue
 
 from router import __version__
-from router.actions.base import is_retryable_status, parse_retry_after
 from router.errors import DeliveryError
 
 USER_AGENT = f"router/{__version__}"
 MAX_ERROR_BODY = 512
 MAX_DRAIN = 64 * 1024  # read the rest of an answer this small so its connection can be reused
+
+# what a destination's answer means: retry (these and every 5xx), else permanent
+RETRYABLE_STATUS = {408, 425, 429}
+
+
+def is_retryable_status(status: int) -> bool:
+    return status in RETRYABLE_STATUS or status >= 500
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
 
 _lock = threading.Lock()
 _pool: urllib3.PoolManager | None = None

@@ -12,7 +12,7 @@ from typing import Any
 
 from router.actions import http
 from router.actions.base import Action, Delivery
-from router.config import Field, as_duration, as_secret_url, as_structured_template, as_template
+from router.config.fields import Field, as_duration, as_secret_url, as_structured_template, as_template
 from router.errors import DeliveryError
 from router.templates import StructuredTemplate, Template, TemplateError
 

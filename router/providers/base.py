@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from router.config import Field
+from router.config.fields import Field
 
 
 class Provider:
@@ -16,7 +16,7 @@ class Provider:
 
     def __init__(self, name: str, options: dict[str, Any]):
         self.name = name
-        self.options = options
+        self.config = options  # this provider's converted options (`options` declares them)
 
     @classmethod
     def check(cls, options: dict[str, Any]) -> list[tuple[str | None, str]]:

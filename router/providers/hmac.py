@@ -9,7 +9,7 @@ import hmac as _hmac
 from collections.abc import Mapping
 from typing import Any
 
-from router.config import Field, as_secret, as_str, one_of
+from router.config.fields import Field, as_secret, as_str, one_of
 from router.errors import AuthError
 from router.providers.base import Provider
 

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from router.config import Ctx, Field, PathT, as_path, as_str
+from router.config.fields import Ctx, Field, as_path, as_str
+from router.config.source import PathT
 from router.errors import AuthError
 from router.providers.base import Provider
 

@@ -22,7 +22,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from router.config import Ctx, PathT, _kind, did_you_mean
+from router.config.fields import Ctx, did_you_mean
+from router.config.fields import kind as kind_of
+from router.config.source import PathT
 
 MISSING = object()
 
@@ -201,7 +203,7 @@ def compile_condition(ctx: Ctx, node: Any, path: PathT) -> Condition:
     if node is None:
         return ALWAYS
     if not isinstance(node, dict):
-        ctx.error(path, f"a condition must be a mapping of path: matcher (or all/any/not), not {_kind(node)}")
+        ctx.error(path, f"a condition must be a mapping of path: matcher (or all/any/not), not {kind_of(node)}")
         return ALWAYS
     if not node:
         return ALWAYS
@@ -223,7 +225,7 @@ def compile_condition(ctx: Ctx, node: Any, path: PathT) -> Condition:
                 parts.append(_any([s.test for s in subs]))
         elif key == "not":
             sub = compile_condition(ctx, value, p)
-            parts.append(lambda event, t=sub.test: not t(event))
+            parts.append(_not(sub.test))
         else:
             resolver = compile_path(ctx, key, p)
             matcher = _compile_matcher(ctx, value, p)
@@ -244,6 +246,10 @@ def _all(tests: list[Predicate]) -> Predicate:
 
 def _any(tests: list[Predicate]) -> Predicate:
     return lambda event: any(t(event) for t in tests)
+
+
+def _not(test: Predicate) -> Predicate:
+    return lambda event: not test(event)
 
 
 def _bind(resolver: Resolver, test: Callable[[list[Any]], bool]) -> Predicate:
@@ -285,7 +291,7 @@ def _compile_matcher(ctx: Ctx, node: Any, path: PathT) -> tuple[Callable[[list[A
                 negatives.append(fn)
         elif op in ("in", "not_in"):
             if not isinstance(arg, list):
-                ctx.error(p, f"'{op}' takes a list of values, not {_kind(arg)}")
+                ctx.error(p, f"'{op}' takes a list of values, not {kind_of(arg)}")
                 continue
             options = [_scalar_value(ctx, a, p + (i,)) for i, a in enumerate(arg)]
             keys = {hash_key(o) for o in options}
@@ -301,7 +307,7 @@ def _compile_matcher(ctx: Ctx, node: Any, path: PathT) -> tuple[Callable[[list[A
                 negatives.append(fn)
         elif op == "regex":
             if not isinstance(arg, str):
-                ctx.error(p, f"'regex' takes a string, not {_kind(arg)}")
+                ctx.error(p, f"'regex' takes a string, not {kind_of(arg)}")
                 continue
             try:
                 rx = re.compile(_scalar_value(ctx, arg, p))
@@ -311,13 +317,13 @@ def _compile_matcher(ctx: Ctx, node: Any, path: PathT) -> tuple[Callable[[list[A
             positives.append((lambda r: lambda v: isinstance(v, str) and r.search(v) is not None)(rx))
         elif op == "exists":
             if not isinstance(arg, bool):
-                ctx.error(p, f"'exists' takes true or false, not {_kind(arg)}")
+                ctx.error(p, f"'exists' takes true or false, not {kind_of(arg)}")
                 continue
             exists = arg
         elif op in ("gt", "gte", "lt", "lte"):
             bound = _scalar_value(ctx, arg, p)
             if isinstance(bound, bool) or not isinstance(bound, (int, float, str)):
-                ctx.error(p, f"'{op}' takes a number or a string, not {_kind(arg)}")
+                ctx.error(p, f"'{op}' takes a number or a string, not {kind_of(arg)}")
                 continue
             compare = {
                 "gt": lambda a, b: a > b,
@@ -337,7 +343,7 @@ def _compile_matcher(ctx: Ctx, node: Any, path: PathT) -> tuple[Callable[[list[A
             positives.append(contains)
         elif op == "startswith":
             if not isinstance(arg, str):
-                ctx.error(p, f"'startswith' takes a string, not {_kind(arg)}")
+                ctx.error(p, f"'startswith' takes a string, not {kind_of(arg)}")
                 continue
             prefix = _scalar_value(ctx, arg, p)
             positives.append((lambda pre: lambda v: isinstance(v, str) and v.startswith(pre))(prefix))
@@ -411,10 +417,21 @@ class _IndexNode:
             self.rest.collect(event, out)
 
 
+@dataclass
+class Rule:
+    index: int
+    name: str
+    providers: frozenset[str] | None  # None: any provider
+    condition: Condition
+    actions: list[str]
+    stop: bool
+    description: str | None = None
+
+
 class RuleSet:
     """Every rule, in file order, with an index per provider. `match` returns the rules that fire."""
 
-    def __init__(self, rules: list[Any]):
+    def __init__(self, rules: list[Rule]):
         self.rules = {r.index: r for r in rules}
         self._any_provider = [r for r in rules if r.providers is None]
         named = {p for r in rules if r.providers for p in r.providers}
@@ -423,7 +440,7 @@ class RuleSet:
         }
         self._fallback = _IndexNode(self._any_provider)
 
-    def match(self, event: EventView) -> list[Any]:
+    def match(self, event: EventView) -> list[Rule]:
         node = self._by_provider.get(event.provider, self._fallback)
         candidates: list[int] = []
         node.collect(event, candidates)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -13,12 +12,12 @@ import yaml
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from router import config as config_mod
 from router import logs, metrics
-from router.config import Config
+from router.config.loader import load, loads
+from router.config.model import Config
 from router.errors import ConfigError, Problem
-from router.endpoint import HookEndpoint
-from router.store import Store
+from router.store import Store, open_store
+from router.web.endpoint import HookEndpoint
 
 DISK_HEADROOM = 1 << 20  # bytes /readyz wants free beyond max_body_bytes
 BODY_TIMEOUT = float(os.environ.get("ROUTER_BODY_TIMEOUT", "10"))  # seconds for the whole body to arrive
@@ -34,6 +33,7 @@ class RouterState:
         self.rules_path = Path(rules_path).resolve() if rules_path else None
         self.stale_reason = stale_reason  # set when serving the last good rules because the file is invalid
         self._store: Store | None = None
+        self._store_pid = 0
         self._lock = threading.Lock()
         self.deliverer: Any = None
         self._watcher: threading.Thread | None = None
@@ -41,12 +41,14 @@ class RouterState:
 
     @property
     def store(self) -> Store:
+        """This process's store (a forked worker opens its own: connections do not survive a fork)."""
         store = self._store
-        if store is None or store.pid != os.getpid():
+        if store is None or self._store_pid != os.getpid():
             with self._lock:
-                if self._store is None or self._store.pid != os.getpid():
+                if self._store is None or self._store_pid != os.getpid():
                     settings = self.config.settings
-                    self._store = Store(settings.store, settings.durability)
+                    self._store = open_store(settings.store, settings.durability)
+                    self._store_pid = os.getpid()
                 store = self._store
         return store
 
@@ -57,12 +59,12 @@ class RouterState:
         from router.delivery import Deliverer
 
         if self.deliverer is not None and self.deliverer.alive() and self._store is not None \
-                and self._store.pid == os.getpid():
+                and self._store_pid == os.getpid():
             return
         self.deliverer = Deliverer(lambda: self.config, lambda: self.store).start()
 
     def stop_delivery(self, grace: float = 10.0) -> None:
-        if self.deliverer is not None and self._store is not None and self._store.pid == os.getpid():
+        if self.deliverer is not None and self._store is not None and self._store_pid == os.getpid():
             self.deliverer.stop(grace)
 
     # ------------------------------------------------------------------ reload
@@ -73,13 +75,13 @@ class RouterState:
             return False
         self._watched = self._file_stamp()
         try:
-            new = config_mod.load(self.rules_path)
+            new = load(self.rules_path)
         except ConfigError as exc:
             logs.error("rules reload failed; the old rules keep serving", rules=str(self.rules_path),
                        problems=[str(p) for p in exc.problems])
             metrics.reload(False)
             return False
-        if new.settings.store.resolve() != self.config.settings.store.resolve():
+        if str(new.settings.store) != str(self.config.settings.store):
             logs.warning("the store setting changed; it takes effect at the next restart",
                          store=str(self.config.settings.store))
             new.settings.store = self.config.settings.store
@@ -143,10 +145,10 @@ def recover(rules_path: Path, problems: list[Problem]) -> Config | None:
     if not store_path.exists():
         return None
     try:
-        text = Store(store_path).rules_snapshot(str(rules_path))
+        text = open_store(store_path).rules_snapshot(str(rules_path))
         if text is None:
             return None
-        return config_mod.loads(text, str(rules_path), base_dir=rules_path.parent)
+        return loads(text, str(rules_path), base_dir=rules_path.parent)
     except Exception:
         return None
 
@@ -171,7 +173,7 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
         if not path:
             raise ConfigError([Problem("(environment)", 1, 1, "ROUTER_RULES", "set ROUTER_RULES to the rules file")])
         rules_path = Path(path)
-        config = config_mod.load(rules_path)
+        config = load(rules_path)
     logs.setup(config.redactor)
     metrics.init(config.settings.store)
     state = RouterState(config, Path(rules_path) if rules_path else None, stale_reason=stale_reason)
@@ -198,11 +200,7 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
     def readyz() -> Response:
         checks: dict[str, Any] = {"rules": "stale: " + state.stale_reason if state.stale_reason else "loaded"}
         try:
-            checks["store"] = "writable" if state.store.writable() else "not writable"
-            # room for one more event of the largest size and its share of the WAL, or a full disk
-            free = shutil.disk_usage(state.store.path.parent).free
-            if checks["store"] == "writable" and free < state.config.settings.max_body_bytes + DISK_HEADROOM:
-                checks["store"] = f"disk full: {free} bytes free"
+            checks["store"] = state.store.readiness(state.config.settings.max_body_bytes + DISK_HEADROOM)
         except Exception as exc:
             checks["store"] = f"unavailable: {type(exc).__name__}"
         if state.deliverer is not None:

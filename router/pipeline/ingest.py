@@ -1,4 +1,4 @@
-"""The ingest pipeline of SPEC section 2, from raw request to a committed event.
+"""The ingest pipeline, from raw request to an event ready to commit (the README's processing order).
 
 Shared by the HTTP endpoint and `router test`, so a dry run decides exactly as the service does.
 Order: allow-list (403), token and signature over the raw bytes (401), JSON object (400),
@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from router import payload as payloads
-from router.conditions import EventView
-from router.config import Config, ProviderSpec, Rule
+from router.config.model import Config, ProviderSpec
 from router.errors import AuthError, RequestError
-from router.store import NewEvent, iso_utc, new_event_id, now_ts
+from router.model import NewEvent, iso_utc, new_event_id, now_ts, template_context
+from router.pipeline import payload as payloads
+from router.pipeline.conditions import EventView, Rule
 from router.templates import TemplateError
 
 # headers that prove authenticity are not kept with the event: they are credentials, not data
@@ -94,7 +94,7 @@ def accept(config: Config, spec: ProviderSpec, incoming: Incoming) -> Accepted:
 
     dedupe_key = None
     if spec.dedupe is not None:
-        context = template_context(view, event_id, iso_utc(received), None)
+        context = template_context(payload, headers, query, spec.name, event_id, iso_utc(received), None)
         try:
             dedupe_key = spec.dedupe.key.render(context).strip() or None
         except TemplateError:
@@ -121,16 +121,4 @@ def _sig_header(spec: ProviderSpec) -> str:
     return header.lower() if isinstance(header, str) else ""
 
 
-def template_context(view: EventView, event_id: str, received_at: str, rule: str | None) -> dict[str, Any]:
-    return {
-        "payload": view.payload,
-        "headers": dict(view.headers),
-        "query": dict(view.query),
-        "provider": view.provider,
-        "event_id": event_id,
-        "received_at": received_at,
-        "rule": rule,
-    }
-
-
-__all__ = ["Accepted", "Incoming", "RequestError", "accept", "authenticate", "client_address", "template_context"]
+__all__ = ["Accepted", "Incoming", "RequestError", "accept", "authenticate", "client_address"]

@@ -13,8 +13,8 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from router import config as config_mod
 from router import logs, metrics
+from router.config.loader import load
 from router.errors import ConfigError
 
 
@@ -31,7 +31,7 @@ class _Arbiter(Arbiter):
     def handle_hup(self) -> None:
         rules = os.environ.get("ROUTER_RULES", "")
         try:
-            config_mod.load(rules)
+            load(rules)
         except ConfigError as exc:
             logs.error("rules reload refused; the old rules keep serving", rules=rules,
                        problems=[str(p) for p in exc.problems])
@@ -52,7 +52,7 @@ class RouterApplication(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from router.wsgi import app
+        from router.web.wsgi import app
 
         return app
 
@@ -69,7 +69,7 @@ def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: in
         delivery: bool) -> None:
     os.environ["ROUTER_RULES"] = rules
     os.environ["ROUTER_DELIVERY"] = "on" if delivery else "off"
-    config = config_mod.load(rules)
+    config = load(rules)
     logs.setup(config.redactor)
     metrics.init(config.settings.store)  # the master counts reloads; workers inherit the folder
     options = {

@@ -21,10 +21,10 @@ from werkzeug.wsgi import get_input_stream
 
 from router import logs, metrics
 from router.errors import RequestError, SchemaError, StoreUnavailable
-from router.ingest import Incoming, accept
+from router.pipeline.ingest import Incoming, accept
 
 if TYPE_CHECKING:
-    from router.app import RouterState
+    from router.web.app import RouterState
 
 READ_CHUNK = 64 * 1024
 OUTCOMES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 408: "body_timeout", 413: "too_large",

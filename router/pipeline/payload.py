@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from jsonschema import exceptions as js_exceptions
 from jsonschema import validators as js_validators
@@ -82,7 +83,7 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 def _bundled_dir() -> Path:
     """Installed, the build puts the top-level schemas/ folder at router/schemas; in a source
     checkout (or an editable install) it is the top-level folder itself."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the router package
     for candidate in (here / "schemas", here.parent / "schemas"):
         if (candidate / "panjaya.json").is_file():
             return candidate

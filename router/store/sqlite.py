@@ -1,4 +1,4 @@
-"""The durable store: events, delivery jobs, attempts and dead letters in one SQLite file.
+"""The SQLite back end: events, delivery jobs, attempts and dead letters in one file, on one host.
 
 Durability: WAL mode. With `durability: fsync` (the default) an event is answered 200 only after
 the WAL holding its commit has been fsynced (WalSync: SQLite commits with `synchronous=NORMAL`,
@@ -21,20 +21,27 @@ outcomes are written only by the lease's owner.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
-import secrets
+import shutil
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from router.errors import StoreUnavailable
+from router.errors import StoreError, StoreUnavailable
+from router.model import IngestResult, Job, JobState, NewEvent, Outcome, StoredEvent, Verdict, iso_utc, now_ts
+from router.store.base import (
+    AttemptRow,
+    EventFilter,
+    JobRow,
+    QueueGauges,
+    attempt_view,
+    dead_view,
+    payload_view,
+)
 
 SCHEMA_VERSION = 1
 ROWS_PER_INSERT = 64  # rows per multi-row INSERT of a batch (a statement of its own per count, cached)
@@ -93,75 +100,6 @@ CREATE TABLE IF NOT EXISTS attempts (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rates (action TEXT PRIMARY KEY, next_ts REAL NOT NULL) WITHOUT ROWID;
 """
-
-
-def now_ts() -> float:
-    return time.time()
-
-
-def iso_utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def new_event_id(ts: float) -> str:
-    # time-ordered, so listings sort by arrival; 64 random bits make collisions irrelevant
-    return f"evt_{int(ts * 1000):012x}{secrets.token_hex(8)}"
-
-
-@dataclass
-class NewEvent:
-    id: str
-    provider: str
-    received_ts: float
-    headers: dict[str, str]
-    query: dict[str, str]
-    content_type: str | None
-    body: bytes
-    matched: list[str]
-    jobs: list[tuple[str, str]]  # (rule, action)
-    dedupe_key: str | None = None
-    dedupe_window: float = 0.0
-
-    @property
-    def received_at(self) -> str:
-        return iso_utc(self.received_ts)
-
-    @cached_property
-    def row(self) -> tuple:
-        """The event's row; built in the request's own thread, before the store's write lock is taken."""
-        return (self.id, self.provider, self.received_at, self.received_ts, json.dumps(self.headers),
-                json.dumps(self.query), self.content_type, self.body, json.dumps(self.matched), self.dedupe_key)
-
-    @cached_property
-    def job_rows(self) -> list[tuple]:
-        ts = self.received_ts
-        return [(self.id, rule, action, ts, ts, ts) for rule, action in self.jobs]
-
-
-@dataclass
-class IngestResult:
-    event_id: str
-    matched: list[str]
-    deliveries: int
-    duplicate: bool = False
-
-
-@dataclass
-class Job:
-    id: int
-    event_id: str
-    rule: str
-    action: str
-    attempts: int  # every attempt ever made, including the one now claimed; numbers the attempts
-    lease_owner: str
-    created_ts: float
-    event: dict[str, Any] = field(default_factory=dict)
-    round_start: int = 0  # attempts made before the last replay; the retry schedule counts from here
-
-    @property
-    def round_attempt(self) -> int:
-        """Which attempt of the current round (1 = first) this is."""
-        return self.attempts - self.round_start
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -343,6 +281,19 @@ _JOBS_INSERT = ("INSERT INTO jobs (event_id, rule, action, state, attempts, next
 _INSERT_SQL: dict[tuple[str, int], str] = {}
 
 
+class _Rows:
+    """An event's rows, built in the request's own thread before the store's write lock is taken."""
+
+    __slots__ = ("event", "event_row", "job_rows")
+
+    def __init__(self, e: NewEvent):
+        self.event = e
+        self.event_row = (e.id, e.provider, e.received_at, e.received_ts, json.dumps(e.headers), json.dumps(e.query),
+                          e.content_type, e.body, json.dumps(e.matched), e.dedupe_key)
+        ts = e.received_ts
+        self.job_rows = [(e.id, rule, action, ts, ts, ts) for rule, action in e.jobs]
+
+
 def _insert_rows(conn: sqlite3.Connection, insert: tuple[str, str], rows: list[tuple]) -> None:
     for start in range(0, len(rows), ROWS_PER_INSERT):
         chunk = rows[start:start + ROWS_PER_INSERT]
@@ -352,11 +303,54 @@ def _insert_rows(conn: sqlite3.Connection, insert: tuple[str, str], rows: list[t
         conn.execute(sql, [value for row in chunk for value in row])
 
 
-class Store:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _translated(method: F) -> F:
+    """sqlite3's errors (and the OS's) leave the store as StoreError, saying what failed."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"{method.__name__}: {type(exc).__name__}: {exc}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+_JOB_COLUMNS = ("id, event_id, rule, action, state, attempts, round_start, next_ts, lease_owner, created_ts,"
+                " updated_ts, last_status, last_error")
+
+
+def _dead_filter(action: str | None, since: float | None) -> tuple[str, list[Any]]:
+    where: list[str] = ["state = 'dead'"]
+    args: list[Any] = []
+    if action is not None:
+        where.append("action = ?")
+        args.append(action)
+    if since is not None:
+        where.append("updated_ts >= ?")
+        args.append(since)
+    return " AND ".join(where), args
+
+
+def _stored_event(row: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(id=row[0], provider=row[1], received_at=row[2], headers=json.loads(row[3]),
+                       query=json.loads(row[4]), content_type=row[5], body=bytes(row[6]))
+
+
+
+class SqliteStore:
     """One per process; safe to share between threads."""
+
+    backend = "sqlite"
 
     def __init__(self, path: Path, durability: str = "fsync"):
         self.path = Path(path)
+        self.location = str(self.path)
         self.durability = durability
         self.pid = os.getpid()
         # durability fsync: SQLite commits without syncing, and WalSync syncs the WAL afterwards, out of the write lock
@@ -382,9 +376,6 @@ class Store:
             self._local.pid = os.getpid()
         return conn
 
-    def reader(self) -> sqlite3.Connection:
-        return self._conn()
-
     # ------------------------------------------------------------------ ingest
 
     def ingest(self, event: NewEvent, timeout: float = 15.0) -> IngestResult:
@@ -396,7 +387,7 @@ class Store:
         return committer.submit(event, timeout)
 
     def _ingest_batch(self, conn: sqlite3.Connection,
-                      take: Callable[[], Sequence[NewEvent]]) -> list[IngestResult | Exception]:
+                      take: Callable[[], Sequence[_Rows]]) -> list[IngestResult | Exception]:
         """Commit the events that `take` hands over in one transaction; an event that fails alone
         does not fail the others.
 
@@ -404,7 +395,7 @@ class Store:
         while this process waited for the lock. The batch is first written straight through; only
         when that fails, and there is more than one event, is it written again with each event in
         its own savepoint, so the common case pays no savepoints."""
-        events: Sequence[NewEvent] = ()
+        events: Sequence[_Rows] = ()
         try:
             with _transaction(conn, self.write_lock):
                 events = take()
@@ -426,23 +417,25 @@ class Store:
         return results
 
     @classmethod
-    def _ingest_many(cls, conn: sqlite3.Connection, events: Sequence[NewEvent]) -> list[IngestResult | Exception]:
+    def _ingest_many(cls, conn: sqlite3.Connection, events: Sequence[_Rows]) -> list[IngestResult | Exception]:
         """The events of a batch in a few multi-row INSERTs: each statement is one call into SQLite,
         which lets go of the GIL once, not once per row, while this thread holds the write lock."""
         results: list[IngestResult | Exception] = []
-        plain: list[NewEvent] = []
-        for e in events:
+        plain: list[_Rows] = []
+        for rows in events:
+            e = rows.event
             if e.dedupe_key is not None:
-                results.append(cls._ingest_one(conn, e))  # these need a look at the store first
+                results.append(cls._ingest_one(conn, rows))  # these need a look at the store first
             else:
-                plain.append(e)
+                plain.append(rows)
                 results.append(IngestResult(e.id, e.matched, len(e.jobs)))
-        _insert_rows(conn, _EVENTS_INSERT, [e.row for e in plain])
-        _insert_rows(conn, _JOBS_INSERT, [row for e in plain for row in e.job_rows])
+        _insert_rows(conn, _EVENTS_INSERT, [r.event_row for r in plain])
+        _insert_rows(conn, _JOBS_INSERT, [row for r in plain for row in r.job_rows])
         return results
 
     @staticmethod
-    def _ingest_one(conn: sqlite3.Connection, e: NewEvent) -> IngestResult:
+    def _ingest_one(conn: sqlite3.Connection, rows: _Rows) -> IngestResult:
+        e = rows.event
         if e.dedupe_key is not None:
             row = conn.execute(
                 "SELECT event_id, matched FROM dedupe WHERE provider = ? AND key = ? AND expires_ts > ?",
@@ -454,12 +447,12 @@ class Store:
                 "INSERT OR REPLACE INTO dedupe (provider, key, event_id, matched, expires_ts) VALUES (?, ?, ?, ?, ?)",
                 (e.provider, e.dedupe_key, e.id, json.dumps(e.matched), e.received_ts + e.dedupe_window),
             )
-        _insert_rows(conn, _EVENTS_INSERT, [e.row])
-        _insert_rows(conn, _JOBS_INSERT, e.job_rows)
+        _insert_rows(conn, _EVENTS_INSERT, [rows.event_row])
+        _insert_rows(conn, _JOBS_INSERT, rows.job_rows)
         return IngestResult(e.id, e.matched, len(e.jobs))
 
     def writable(self) -> bool:
-        """Readiness: can we take the write lock right now?"""
+        """Can we take the write lock right now?"""
         try:
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
@@ -468,8 +461,21 @@ class Store:
         except sqlite3.Error:
             return False
 
+    def readiness(self, min_free_bytes: int) -> str:
+        try:
+            if not self.writable():
+                return "not writable"
+            # room for one more event of the largest size and its share of the WAL, or a full disk
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError as exc:
+            return f"unavailable: {type(exc).__name__}"
+        if free < min_free_bytes:
+            return f"disk full: {free} bytes free"
+        return "writable"
+
     # ------------------------------------------------------------------ delivery
 
+    @_translated
     def claim(
         self,
         owner: str,
@@ -530,7 +536,7 @@ class Store:
 
     def _attach_events(self, conn: sqlite3.Connection, jobs: list[Job]) -> None:
         ids = sorted({j.event_id for j in jobs})
-        events: dict[str, dict[str, Any]] = {}
+        events: dict[str, StoredEvent] = {}
         for chunk in range(0, len(ids), 500):
             part = ids[chunk: chunk + 500]
             for row in conn.execute(
@@ -538,18 +544,11 @@ class Store:
                 f" WHERE id IN ({','.join('?' * len(part))})",
                 part,
             ):
-                events[row[0]] = {
-                    "id": row[0],
-                    "provider": row[1],
-                    "received_at": row[2],
-                    "headers": json.loads(row[3]),
-                    "query": json.loads(row[4]),
-                    "content_type": row[5],
-                    "body": bytes(row[6]),
-                }
+                events[row[0]] = _stored_event(row)
         for job in jobs:
-            job.event = events.get(job.event_id, {})
+            job.event = events.get(job.event_id)
 
+    @_translated
     def finish(self, outcomes: Sequence[Outcome]) -> int:
         """Record attempts and move jobs on; only the lease owner's word counts. Returns how many applied."""
         if not outcomes:
@@ -558,7 +557,7 @@ class Store:
         applied = 0
         with _transaction(conn, self.write_lock):
             for o in outcomes:
-                if o.state == "released":
+                if o.verdict is Verdict.RELEASED:
                     cur = conn.execute(
                         "UPDATE jobs SET attempts = attempts - 1, lease_owner = NULL, next_ts = ?, updated_ts = ?"
                         " WHERE id = ? AND lease_owner = ? AND state = 'pending'",
@@ -569,7 +568,7 @@ class Store:
                 cur = conn.execute(
                     "UPDATE jobs SET state = ?, lease_owner = NULL, next_ts = ?, updated_ts = ?, last_status = ?, last_error = ?"
                     " WHERE id = ? AND lease_owner = ? AND state = 'pending' AND attempts = ?",
-                    (o.state, o.next_ts, o.at, o.status, o.reason or o.error, o.job_id, o.owner, o.attempt),
+                    (o.verdict.state.value, o.next_ts, o.at, o.status, o.reason or o.error, o.job_id, o.owner, o.attempt),
                 )
                 if cur.rowcount:
                     applied += 1
@@ -587,12 +586,9 @@ class Store:
                     )
         return applied
 
-    def next_due(self) -> float | None:
-        row = self._conn().execute("SELECT min(next_ts) FROM jobs WHERE state = 'pending'").fetchone()
-        return row[0] if row else None
-
     # ------------------------------------------------------------------ operations
 
+    @_translated
     def replay(self, ident: str, now: float | None = None) -> int:
         """Re-queue a dead job (by job id) or every dead job of an event (by event id)."""
         now = now_ts() if now is None else now
@@ -607,6 +603,7 @@ class Store:
             )
             return cur.rowcount
 
+    @_translated
     def dead_letter_missing_actions(self, known: Iterable[str], now: float | None = None) -> int:
         """Jobs whose action no longer exists (after a reload) become dead letters that say so."""
         now = now_ts() if now is None else now
@@ -621,6 +618,7 @@ class Store:
             )
             return cur.rowcount
 
+    @_translated
     def prune(self, retention: float, dead_retention: float | None, now: float | None = None) -> tuple[int, int]:
         """Delete delivered jobs (and events with nothing left to deliver) older than `retention`;
         dead letters only when `dead_retention` is set."""
@@ -640,6 +638,7 @@ class Store:
             conn.execute("DELETE FROM dedupe WHERE expires_ts < ?", (now,))
         return events, jobs
 
+    @_translated
     def save_rules_snapshot(self, rules_path: str, text: str) -> None:
         """Keep the last rules text that loaded, so a worker can fall back to it."""
         conn = self._conn()
@@ -650,11 +649,162 @@ class Store:
         with _transaction(conn, self.write_lock):
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, text))
 
+    @_translated
     def rules_snapshot(self, rules_path: str) -> str | None:
         row = self._conn().execute(
             "SELECT value FROM meta WHERE key = ?", (f"last_good_rules:{rules_path}",)
         ).fetchone()
         return row[0] if row else None
+
+    @_translated
+    def replay_dead(self, *, action: str | None = None, since: float | None = None) -> int:
+        """Re-queue every dead job (of `action`, dead since `since`)."""
+        now = now_ts()
+        where, args = _dead_filter(action, since)
+        conn = self._conn()
+        with _transaction(conn, self.write_lock):
+            return conn.execute(
+                "UPDATE jobs SET state = 'pending', next_ts = ?, updated_ts = ?, lease_owner = NULL,"
+                f" round_start = attempts WHERE {where}", (now, now, *args),
+            ).rowcount
+
+    @_translated
+    def count_dead(self, *, action: str | None = None, since: float | None = None) -> int:
+        where, args = _dead_filter(action, since)
+        return self._conn().execute(f"SELECT count(*) FROM jobs WHERE {where}", args).fetchone()[0]
+
+    def on_new_jobs(self, wake: Callable[[], None]) -> None:
+        """Nothing to listen to: the ingesting process kicks its own deliverer, others poll."""
+
+    def clock(self) -> float:
+        return now_ts()
+
+    @_translated
+    def backup(self, destination: Path) -> str:
+        """SQLite's online backup: a consistent copy while the router runs."""
+        target = sqlite3.connect(str(destination))
+        try:
+            with target:
+                self._conn().backup(target, pages=1024)
+        finally:
+            target.close()
+        return f"backed up {self.path} to {destination} ({destination.stat().st_size:,} bytes)"
+
+    # ------------------------------------------------------------------ read models
+
+    @_translated
+    def queue_gauges(self) -> QueueGauges:
+        conn = self._conn()
+        gauges = QueueGauges(now=now_ts())
+        for action, state, count in conn.execute(
+            "SELECT action, state, count(*) FROM jobs WHERE state IN ('pending', 'dead') GROUP BY action, state"
+        ):
+            (gauges.pending if state == JobState.PENDING.value else gauges.dead)[action] = count
+        row = conn.execute("SELECT min(created_ts) FROM jobs WHERE state = 'pending'").fetchone()
+        gauges.oldest_pending_ts = row[0] if row else None
+        return gauges
+
+    @_translated
+    def list_events(self, filt: EventFilter) -> list[dict[str, Any]]:
+        conn = self._conn()
+        where: list[str] = []
+        args: list[Any] = []
+        if filt.provider:
+            where.append("provider = ?")
+            args.append(filt.provider)
+        if filt.since is not None:
+            where.append("received_ts >= ?")
+            args.append(filt.since)
+        if filt.until is not None:
+            where.append("received_ts < ?")
+            args.append(filt.until)
+        if filt.rule:
+            where.append("EXISTS (SELECT 1 FROM json_each(events.matched) WHERE value = ?)")
+            args.append(filt.rule)
+        if filt.state:
+            where.append("EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id AND jobs.state = ?)")
+            args.append(filt.state)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = conn.execute(
+            f"SELECT id, received_at, provider, matched FROM events {clause} ORDER BY received_ts DESC, id DESC LIMIT ?",
+            (*args, filt.limit),
+        ).fetchall()
+        out = []
+        for event_id, received_at, prov, matched in rows:
+            states = dict(conn.execute(
+                "SELECT state, count(*) FROM jobs WHERE event_id = ? GROUP BY state ORDER BY state", (event_id,)
+            ).fetchall())
+            out.append({"event_id": event_id, "received_at": received_at, "provider": prov,
+                        "matched": json.loads(matched), "deliveries": states})
+        return out
+
+    @_translated
+    def show_event(self, event_id: str) -> dict[str, Any] | None:
+        conn = self._conn()
+        row = conn.execute(
+            "SELECT id, provider, received_at, headers, query, content_type, body, matched, dedupe_key"
+            " FROM events WHERE id = ?", (event_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        deliveries = []
+        for job in self.jobs(event_id=event_id):
+            deliveries.append({
+                "job_id": job.id, "rule": job.rule, "action": job.action, "state": job.state,
+                "attempts": job.attempts,
+                "next_attempt_at": iso_utc(job.next_ts) if job.state == JobState.PENDING.value else None,
+                "last_status": job.last_status, "last_error": job.last_error,
+                "history": [attempt_view(a) for a in self.attempts(job.id)],
+            })
+        return {
+            "event_id": row[0], "provider": row[1], "received_at": row[2], "headers": json.loads(row[3]),
+            "query": json.loads(row[4]), "content_type": row[5], "matched": json.loads(row[7]),
+            "dedupe_key": row[8], "payload": payload_view(bytes(row[6])), "deliveries": deliveries,
+        }
+
+    @_translated
+    def list_dead(self, *, action: str | None, limit: int) -> list[dict[str, Any]]:
+        where, args = ("AND action = ?", [action]) if action else ("", [])
+        rows = self._conn().execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'dead' {where} ORDER BY updated_ts DESC, id DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [dead_view(JobRow(*r), [attempt_view(a) for a in self.attempts(r[0])]) for r in rows]
+
+    @_translated
+    def event(self, event_id: str) -> StoredEvent | None:
+        row = self._conn().execute(
+            "SELECT id, provider, received_at, headers, query, content_type, body FROM events WHERE id = ?",
+            (event_id,),
+        ).fetchone()
+        return _stored_event(row) if row else None
+
+    @_translated
+    def jobs(self, *, event_id: str | None = None, action: str | None = None,
+             state: str | None = None) -> list[JobRow]:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("event_id", event_id), ("action", action), ("state", state)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY id", args).fetchall()
+        return [JobRow(*r) for r in rows]
+
+    @_translated
+    def attempts(self, job_id: int) -> list[AttemptRow]:
+        rows = self._conn().execute(
+            "SELECT job_id, n, at_ts, status, error, latency_ms, retryable FROM attempts WHERE job_id = ? ORDER BY n",
+            (job_id,),
+        ).fetchall()
+        return [AttemptRow(r[0], r[1], r[2], r[3], r[4], r[5], None if r[6] is None else bool(r[6])) for r in rows]
+
+    @_translated
+    def counts(self) -> dict[str, int]:
+        conn = self._conn()
+        return {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in ("events", "jobs", "attempts")}
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -665,23 +815,6 @@ class Store:
                 pass
         self._local.conn = None
         self.wal_sync.close()
-
-
-@dataclass
-class Outcome:
-    job_id: int
-    owner: str
-    action: str
-    attempt: int
-    state: str  # delivered | pending (retry) | dead | released
-    at: float
-    next_ts: float = 0.0
-    status: int | None = None
-    error: str | None = None  # this attempt's own error
-    reason: str | None = None  # why the job is dead, when it is (kept on the job)
-    latency_ms: float | None = None
-    retryable: bool = False
-    hold_action_until: float | None = None
 
 
 class _GroupCommitter:
@@ -697,7 +830,7 @@ class _GroupCommitter:
 
     MAX_BATCH = 256
 
-    def __init__(self, store: Store):
+    def __init__(self, store: SqliteStore):
         self.store = store
         self.pid = os.getpid()
         self._lock = threading.Lock()
@@ -709,8 +842,7 @@ class _GroupCommitter:
         return pid == self.pid
 
     def submit(self, event: NewEvent, timeout: float) -> IngestResult:
-        event.row, event.job_rows  # build the rows now, in this thread, outside the write lock
-        waiter = _Waiter(event)
+        waiter = _Waiter(_Rows(event))  # the rows are built now, in this thread, outside the write lock
         with self._lock:
             self._pending.append(waiter)
             lead = not self._leading
@@ -749,7 +881,7 @@ class _GroupCommitter:
             if last:
                 return
 
-    def _take(self, batch: list[_Waiter]) -> list[NewEvent]:
+    def _take(self, batch: list[_Waiter]) -> list[_Rows]:
         with self._lock:
             batch.extend(self._pending[: self.MAX_BATCH])
             del self._pending[: self.MAX_BATCH]
@@ -791,7 +923,7 @@ class _GroupCommitter:
 class _Waiter:
     __slots__ = ("event", "done", "result", "lead", "abandoned")
 
-    def __init__(self, event: NewEvent) -> None:
+    def __init__(self, event: _Rows) -> None:
         self.event = event
         self.done = threading.Event()
         self.result: IngestResult | Exception | None = None

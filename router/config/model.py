@@ -1,0 +1,63 @@
+"""The loaded rules file: providers, actions and rules, each checked and compiled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+
+from router.actions.base import Action
+from router.config.settings import RetryPolicy, Settings
+from router.pipeline.conditions import Rule, RuleSet
+from router.pipeline.payload import SchemaValidator
+from router.providers.base import Provider
+from router.secret import Redactor, Secret
+from router.templates import Template
+
+IPNetwork = IPv4Network | IPv6Network
+
+@dataclass
+class Dedupe:
+    key: Template
+    window: float
+
+
+@dataclass
+class ProviderSpec:
+    name: str
+    type: str
+    impl: Provider
+    validator: SchemaValidator | None
+    token: Secret | None
+    allow_from: list[IPNetwork] | None
+    dedupe: Dedupe | None
+    paths: list[str]
+
+
+@dataclass
+class ActionSpec:
+    name: str
+    type: str
+    impl: Action
+    retry: RetryPolicy
+    rate: float | None
+    timeout: float
+
+
+@dataclass
+class Config:
+    path: Path
+    settings: Settings
+    providers: dict[str, ProviderSpec]
+    actions: dict[str, ActionSpec]
+    rules: list[Rule]
+    router: RuleSet
+    redactor: Redactor
+    paths: dict[str, str]  # extra URL path -> provider name
+    source_text: str = ""
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.providers)} provider(s), {len(self.actions)} action(s), {len(self.rules)} rule(s); "
+            f"store {self.settings.store}"
+        )

@@ -1,0 +1,144 @@
+"""The rules file as YAML: plain Python values, plus the line and column where every node stands.
+
+Loaded with PyYAML's SafeLoader only (no tags that build objects), node by node, so that each value
+and each key keeps its mark for `FILE:LINE:COL` messages, duplicate keys are caught, alias cycles
+and alias bombs are refused, and the raw text of a key is kept (`on:` stays "on", not True).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from router.errors import Problem
+
+PathT = tuple  # a path into the file: ("rules", 2, "when", "event")
+
+@dataclass
+class Source:
+    """The parsed file: plain Python values plus where each node stands."""
+
+    filename: str
+    data: Any
+    value_marks: dict[PathT, tuple[int, int]]
+    key_marks: dict[PathT, tuple[int, int]]
+
+
+MAX_NODES = 200_000  # an alias bomb expands past this; no honest rules file comes near it
+
+
+class _TooBig(Exception):
+    pass
+
+
+def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | None:
+    value_marks: dict[PathT, tuple[int, int]] = {}
+    key_marks: dict[PathT, tuple[int, int]] = {}
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # e.g. a control character the YAML reader refuses
+        problems.append(_yaml_problem(filename, exc))
+        return None
+    try:
+        try:
+            root = loader.get_single_node()
+        except RecursionError:
+            problems.append(Problem(filename, 1, 1, "yaml", "the file is nested too deeply to read"))
+            return None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            msg = exc.problem or exc.context or "invalid YAML"
+            if exc.context and exc.problem:
+                msg = f"{exc.problem} ({exc.context})"
+            problems.append(Problem(filename, line, col, "yaml", f"YAML syntax error: {msg}"))
+            return None
+        except yaml.YAMLError as exc:
+            problems.append(Problem(filename, 1, 1, "yaml", f"YAML error: {exc}"))
+            return None
+        if root is None:
+            return Source(filename, None, value_marks, key_marks)
+
+        def pos(node: yaml.Node) -> tuple[int, int]:
+            return node.start_mark.line + 1, node.start_mark.column + 1
+
+        count = [0]
+        on_path: set[int] = set()  # the nodes being converted: meeting one again is an alias cycle
+
+        def convert(node: yaml.Node, path: PathT) -> Any:
+            count[0] += 1
+            if count[0] > MAX_NODES:
+                raise _TooBig()
+            if id(node) in on_path:
+                line, col = pos(node)
+                problems.append(Problem(filename, line, col, fmt_path(path), "recursive alias: a node that contains itself"))
+                return None
+            value_marks[path] = pos(node)
+            if not isinstance(node, yaml.ScalarNode):
+                on_path.add(id(node))
+                try:
+                    return convert_collection(node, path)
+                finally:
+                    on_path.discard(id(node))
+            try:
+                return loader.construct_object(node, deep=True)
+            except (yaml.YAMLError, ValueError, OverflowError) as exc:
+                line, col = pos(node)
+                problems.append(Problem(filename, line, col, fmt_path(path), f"invalid value: {str(exc)[:200]}"))
+                return None
+
+        def convert_collection(node: yaml.Node, path: PathT) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                loader.flatten_mapping(node)  # honours `<<: *anchor` merges
+                out: dict[str, Any] = {}
+                for key_node, value_node in node.value:
+                    if not isinstance(key_node, yaml.ScalarNode):
+                        line, col = pos(key_node)
+                        problems.append(Problem(filename, line, col, fmt_path(path), "mapping keys must be plain strings"))
+                        continue
+                    key = key_node.value  # raw text, so `on:` stays "on" rather than True
+                    if key in out:
+                        line, col = pos(key_node)
+                        problems.append(Problem(filename, line, col, fmt_path(path + (key,)), f"duplicate key '{key}'"))
+                        continue
+                    key_marks[path + (key,)] = pos(key_node)
+                    out[key] = convert(value_node, path + (key,))
+                return out
+            return [convert(item, path + (i,)) for i, item in enumerate(node.value)]
+
+        try:
+            data = convert(root, ())
+        except _TooBig:
+            problems.append(Problem(filename, 1, 1, "yaml", f"the file expands to more than {MAX_NODES:,} nodes "
+                                    "(aliases repeated inside aliases?)"))
+            return None
+        except RecursionError:
+            problems.append(Problem(filename, 1, 1, "yaml", "the file is nested too deeply to read"))
+            return None
+        except yaml.YAMLError as exc:  # e.g. a bad merge key
+            problems.append(_yaml_problem(filename, exc))
+            return None
+        return Source(filename, data, value_marks, key_marks)
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(filename: str, exc: Exception) -> Problem:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    if mark is None and hasattr(exc, "position"):  # ReaderError: a character position in the text
+        line, col = 1, 1
+    text = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return Problem(filename, line, col, "yaml", f"YAML error: {text}")
+
+
+def fmt_path(path: PathT) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(root)"
