@@ -201,7 +201,7 @@ def worker(rules: str, concurrency: int | None) -> None:
     import threading
 
     from router import logs
-    from router.web.app import RouterState
+    from router.web.state import RouterState
 
     config = _load(rules)
     logs.setup(config.redactor)

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 from werkzeug.sansio.utils import get_content_length
@@ -22,9 +22,7 @@ from werkzeug.wsgi import get_input_stream
 from router import logs, metrics
 from router.errors import RequestError, SchemaError, StoreUnavailable
 from router.pipeline.ingest import Incoming, accept
-
-if TYPE_CHECKING:
-    from router.web.app import RouterState
+from router.web.state import RouterState
 
 READ_CHUNK = 64 * 1024
 OUTCOMES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 408: "body_timeout", 413: "too_large",

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from router import logs, metrics
 from router.errors import ConfigError
-from router.web.app import create_app, recover
+from router.web.app import create_app
+from router.web.state import recover
 
 
 def _off(name: str) -> bool:
