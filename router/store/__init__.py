@@ -9,12 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from router.store.base import EventFilter, Store
-
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_postgres(location: str | Path) -> bool:
-    return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
+from router.store.uri import POSTGRES_SCHEMES, describe, is_postgres, safe_uri
 
 
 def open_store(location: str | Path, durability: str = "fsync") -> Store:
@@ -28,4 +23,4 @@ def open_store(location: str | Path, durability: str = "fsync") -> Store:
     return SqliteStore(Path(location), durability)
 
 
-__all__ = ["EventFilter", "Store", "is_postgres", "open_store"]
+__all__ = ["POSTGRES_SCHEMES", "EventFilter", "Store", "describe", "is_postgres", "open_store", "safe_uri"]
