@@ -1,4 +1,4 @@
-"""The command line: `router validate | test | serve | worker | events | dead-letters | replay | sign`.
+"""The command line: `router validate | test | serve | worker | migrate | events | dead-letters | replay | sign`.
 
 Errors reach the user as one clear line (click's ClickException, exit 1; UsageError, exit 2),
 never as a traceback; secrets never appear in what is printed.
@@ -20,6 +20,7 @@ from router.config.loader import load
 from router.config.model import Config
 from router.errors import ConfigError, RequestError, SchemaError, StoreError
 from router.store.base import Store
+from router.store.uri import describe
 
 
 class Invalid(click.ClickException):
@@ -63,14 +64,82 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("rules", type=click.Path(dir_okay=False))
-def validate(rules: str) -> None:
+@click.option("--check-store", is_flag=True, help="Also connect to the store and report its schema version.")
+def validate(rules: str, check_store: bool) -> None:
     """Check a rules file: YAML, structure, references, regexes, templates, schemas, env vars.
 
     Prints OK and a summary, or one line per problem as FILE:LINE:COL: path: message.
-    Exit 0 when valid, 1 when not.
+    Exit 0 when valid, 1 when not (or, with --check-store, when the store cannot be reached).
     """
     config = _load(rules, problems_to_stdout=True)
-    click.echo(f"OK: {rules}: {config.summary()}")
+    click.echo(config.redactor(f"OK: {rules}: {config.summary()}"))
+    if check_store:
+        click.echo(config.redactor(_check_store(config)))
+
+
+def _check_store(config: Config) -> str:
+    from router.store import is_postgres
+
+    location = config.settings.store
+    if not is_postgres(location):
+        path = Path(location)
+        if not path.exists():
+            return f"store: {describe(location)}: not created yet (the first event creates it)"
+    try:
+        store, version = _open_for_schema(config, migrate=False)
+        store.close()
+    except StoreError as exc:
+        raise Invalid(config.redactor(f"store: {describe(location)}: cannot connect: {exc}")) from None
+    from router.store.postgres import SCHEMA_VERSION
+
+    if version == 0:
+        state = "no schema yet (run `router migrate` or start the router)"
+    elif version < SCHEMA_VERSION:
+        state = f"schema version {version}, this router migrates it to {SCHEMA_VERSION} at start"
+    else:
+        state = f"schema version {version}"
+    return f"store: {describe(location)}: connected, {state}"
+
+
+def _open_for_schema(config: Config, *, migrate: bool) -> tuple[Any, int]:
+    """The store and its schema version, (for PostgreSQL) without creating the schema unless `migrate`."""
+    from router.store import is_postgres, open_store
+
+    location = config.settings.store
+    if is_postgres(location):
+        from router.store.postgres import PostgresStore
+
+        pg = PostgresStore(str(location), config.settings.durability, migrate=False)
+        if migrate:
+            pg.migrate()
+        return pg, pg.schema_version()
+    store = open_store(location, config.settings.durability)  # SQLite creates its schema on open
+    from router.store.sqlite import SCHEMA_VERSION
+
+    return store, SCHEMA_VERSION
+
+
+@cli.command()
+@click.argument("rules", type=click.Path(dir_okay=False), envvar="ROUTER_RULES")
+def migrate(rules: str) -> None:
+    """Create the store's schema, or migrate it to this router's version (one host at a time).
+
+    Every host also does this at start; run it on purpose before a rolling upgrade.
+    """
+
+    config = _load(rules)
+    try:
+        before = _open_for_schema(config, migrate=False)
+        before[0].close()
+        store, after = _open_for_schema(config, migrate=True)
+        store.close()
+    except StoreError as exc:
+        raise Invalid(config.redactor(f"cannot migrate {describe(config.settings.store)}: {exc}")) from None
+    if before[1] == after:
+        click.echo(config.redactor(f"{describe(config.settings.store)}: schema version {after}, up to date"))
+    else:
+        click.echo(config.redactor(f"{describe(config.settings.store)}: schema migrated from version {before[1]}"
+                                   f" to {after}"))
 
 
 # --------------------------------------------------------------------------- test
@@ -225,7 +294,7 @@ def worker(rules: str, concurrency: int | None) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reload)
-    logs.info("worker started", pid=os.getpid(), store=str(config.settings.store))
+    logs.info("worker started", pid=os.getpid(), store=describe(config.settings.store))
     while not done.wait(1.0):
         pass
     state.stop_delivery(10.0)

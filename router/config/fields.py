@@ -20,7 +20,8 @@ from router.errors import Problem
 from router.secret import Redactor, Secret
 from router.templates import StructuredTemplate, Template, TemplateError
 
-_ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_RE = ENV_RE
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

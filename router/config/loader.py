@@ -37,7 +37,7 @@ from router.config.fields import (
     positive_number,
 )
 from router.config.model import ActionSpec, Config, Dedupe, ProviderSpec
-from router.config.settings import SETTINGS_FIELDS, Settings, as_retry
+from router.config.settings import SETTINGS_FIELDS, STORE_ENV, Settings, as_retry, as_store
 from router.config.source import PathT, parse_yaml
 from router.errors import ConfigError, Problem
 from router.pipeline import payload as schemas
@@ -107,6 +107,12 @@ def _build(ctx: Ctx) -> Config | None:
     # settings ---------------------------------------------------------------
     settings_node = check_mapping(ctx, root.get("settings"), ("settings",), "settings") or {}
     s = convert_fields(ctx, settings_node, ("settings",), SETTINGS_FIELDS)
+    override = ctx.env.get(STORE_ENV)
+    if override:
+        # from the environment, so the whole value is treated as a secret (a URI may carry a password)
+        if override.startswith(("postgresql://", "postgres://")):
+            ctx.redactor.add(override)
+        s["store"] = as_store(ctx, override, ("settings", "store"))
     settings = Settings(
         store=s["store"] or ctx.base_dir / "var" / "router.db",
         files_root=s["files_root"] or ctx.base_dir / "var" / "files",

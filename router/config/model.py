@@ -12,6 +12,7 @@ from router.pipeline.conditions import Rule, RuleSet
 from router.pipeline.payload import SchemaValidator
 from router.providers.base import Provider
 from router.secret import Redactor, Secret
+from router.store.uri import describe
 from router.templates import Template
 
 IPNetwork = IPv4Network | IPv6Network
@@ -59,5 +60,5 @@ class Config:
     def summary(self) -> str:
         return (
             f"{len(self.providers)} provider(s), {len(self.actions)} action(s), {len(self.rules)} rule(s); "
-            f"store {self.settings.store}"
+            f"store {describe(self.settings.store)}"
         )

@@ -20,6 +20,28 @@ from router.config.fields import (
     positive_int,
 )
 from router.config.source import PathT
+from router.store.uri import is_postgres, uri_password
+
+STORE_ENV = "ROUTER_STORE"  # overrides settings.store (the 12-factor way: the same rules file on every host)
+
+
+def as_store(ctx: Ctx, value: Any, path: PathT) -> Path | str | None:
+    """A SQLite path (relative to the rules file) or a PostgreSQL URI. The URI's password, and the whole
+    URI when it came from the environment, are secrets: they never reach a log, an error or the CLI."""
+    if isinstance(value, str) and ("$" in value or is_postgres(value.strip())):
+        expanded = ctx.expand(value, path).strip()
+        if is_postgres(expanded):
+            if "$" in value:
+                ctx.redactor.add(expanded)
+            return store_uri(ctx, expanded, path)
+    return as_path(ctx, value, path)
+
+
+def store_uri(ctx: Ctx, uri: str, path: PathT) -> str | None:
+    password = uri_password(uri)
+    if password:
+        ctx.redactor.add(password)
+    return uri
 
 
 @dataclass(frozen=True)
@@ -47,7 +69,7 @@ def as_retry(ctx: Ctx, value: Any, path: PathT) -> RetryPolicy | None:
 
 @dataclass
 class Settings:
-    store: Path
+    store: Path | str  # a SQLite file, or a postgresql:// URI
     files_root: Path
     max_body_bytes: int = 1024 * 1024
     durability: str = "fsync"
@@ -60,7 +82,7 @@ class Settings:
 
 
 SETTINGS_FIELDS = {
-    "store": Field(as_path),
+    "store": Field(as_store),
     "files_root": Field(as_path),
     "max_body_bytes": Field(positive_int),
     "durability": Field(one_of("fsync", "process")),
