@@ -87,3 +87,28 @@ def write(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
         return p
 
     return _write
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[object]:
+    """A throwaway PostgreSQL cluster for the whole run (started on first use, stopped by its PID at the end).
+
+    Never skips: when no server can be started, every test that needs one fails and says why."""
+    from support.postgres import PgCluster, PostgresUnavailable
+
+    cluster = PgCluster()
+    try:
+        cluster.start()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"the PostgreSQL tests need a server and none could be started: {exc}", pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_database(pg_cluster: object) -> str:
+    """The URI of a fresh, empty database on the session's cluster."""
+    return pg_cluster.database()  # type: ignore[attr-defined]
