@@ -35,18 +35,49 @@ def other_key() -> ec.EllipticCurvePrivateKey:
 StartRouter = Callable[..., RouterServer]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends(*names): run this module's routers once on each store back end (sqlite, postgresql)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # module scope: each back end starts the module's servers once, not once per test
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None and "store_backend" in metafunc.fixturenames:
+        metafunc.parametrize("store_backend", marker.args, indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
-def start_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartRouter]:
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """The back end this module's routers use: 'sqlite' unless the module is marked `backends(...)`."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="module")
+def new_store(store_backend: str, request: pytest.FixtureRequest) -> Callable[[], str]:
+    """A fresh store location for one server: the rules file's own SQLite path, or a new PostgreSQL database
+    (handed to the router as ROUTER_STORE, so the same rules run on both)."""
+    if store_backend == "sqlite":
+        return lambda: "var/router.db"
+    if store_backend != "postgresql":
+        raise ValueError(f"unknown store back end {store_backend!r}")
+    cluster = request.getfixturevalue("pg_cluster")
+    return cluster.database
+
+
+@pytest.fixture(scope="module")
+def start_router(tmp_path_factory: pytest.TempPathFactory, new_store: Callable[[], str]) -> Iterator[StartRouter]:
     """Factory: `start_router(rules_yaml, env={...}, files={"schemas/x.json": "..."})` -> a running RouterServer.
 
-    Each server gets its own folder (rules file, var/router.db, logs). Every server started through
-    this factory is stopped when the module finishes.
+    Each server gets its own folder (rules file, var/router.db, logs) and, on PostgreSQL, its own
+    database. Every server started through this factory is stopped when the module finishes.
     """
     started: list[RouterServer] = []
 
     def start(rules_text: str, *, env: dict[str, str] | None = None, files: dict[str, str | bytes] | None = None,
               workers: int = 2, name: str = "router") -> RouterServer:
-        server = RouterServer(tmp_path_factory.mktemp(name), rules_text, env=env, files=files, workers=workers)
+        server = RouterServer(tmp_path_factory.mktemp(name), rules_text, env=env, files=files, workers=workers,
+                              store=new_store())
         started.append(server)
         return server.start()
 

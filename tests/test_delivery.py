@@ -27,6 +27,8 @@ from support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 SIGN_SECRET = "whsec_" + base64.b64encode(b"forward-signing-key-for-tests-0123").decode()
 
 RETRYABLE = [408, 425, 429, 500, 502, 503, 504]

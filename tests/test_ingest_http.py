@@ -23,6 +23,8 @@ from support import (
     sign_unitary,
 )
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 MAX_BODY = 8192
 DEDUPE_BRIEF_WINDOW = 1
 

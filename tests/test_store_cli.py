@@ -22,6 +22,8 @@ from support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 UNITARY_SECRET = "cli-unitary-secret-4c1d"
 
 UNITARY_PAYLOAD = {
@@ -87,13 +89,13 @@ def make_dead(router: RouterServer, site: ScriptedServer, case: str) -> dict:
 
 
 def test_events_list_shows_the_event_and_its_delivery_states(router: RouterServer, mixed_event: str) -> None:
-    table = run_cli("events", "list", "--rules", router.rules_path)
+    table = run_cli("events", "list", "--rules", router.rules_path, env=router.cli_env)
     assert table.code == 0, table
     [line] = [ln for ln in table.stdout.splitlines() if mixed_event in ln]
     assert "src" in line and "mixed" in line
     assert "dead=1" in line and "delivered=1" in line
 
-    as_json = run_cli("events", "list", "--json", env={"ROUTER_RULES": str(router.rules_path)})  # rules from env
+    as_json = run_cli("events", "list", "--json", env={**router.cli_env, "ROUTER_RULES": str(router.rules_path)})  # rules from env
     assert as_json.code == 0, as_json
     rows = {r["event_id"]: r for r in map(json.loads, as_json.stdout.splitlines())}
     row = rows[mixed_event]
@@ -101,7 +103,7 @@ def test_events_list_shows_the_event_and_its_delivery_states(router: RouterServe
 
 
 def test_events_show_has_payload_and_every_delivery_with_its_attempts(router: RouterServer, mixed_event: str) -> None:
-    shown = run_cli("events", "show", "--rules", router.rules_path, mixed_event)
+    shown = run_cli("events", "show", "--rules", router.rules_path, mixed_event, env=router.cli_env)
     assert shown.code == 0, shown
     event = json.loads(shown.stdout)
     assert (event["event_id"], event["provider"], event["matched"]) == (mixed_event, "src", ["mixed"])
@@ -122,7 +124,7 @@ def test_events_show_has_payload_and_every_delivery_with_its_attempts(router: Ro
 
 @pytest.mark.parametrize("ident", ["evt_000000000000deadbeefdeadbeef", "no-such-event"])
 def test_events_show_unknown_event_exits_1(router: RouterServer, mixed_event: str, ident: str) -> None:
-    shown = run_cli("events", "show", "--rules", router.rules_path, ident)
+    shown = run_cli("events", "show", "--rules", router.rules_path, ident, env=router.cli_env)
     assert shown.code == 1, shown
     assert ident in shown.stderr
     assert "Traceback" not in shown.output
@@ -134,7 +136,7 @@ def test_events_show_unknown_event_exits_1(router: RouterServer, mixed_event: st
 def test_dead_letters_list_shows_the_reason(router: RouterServer, mixed_event: str) -> None:
     [media_job] = [j for j in jobs_of(router, mixed_event) if j["action"] == "media"]
 
-    table = run_cli("dead-letters", "list", "--rules", router.rules_path)
+    table = run_cli("dead-letters", "list", "--rules", router.rules_path, env=router.cli_env)
     assert table.code == 0, table
     header, *lines = table.stdout.splitlines()
     assert header.split() == ["JOB_ID", "EVENT_ID", "RULE", "ACTION", "ATTEMPTS", "STATUS", "DEAD_AT", "REASON"]
@@ -142,7 +144,7 @@ def test_dead_letters_list_shows_the_reason(router: RouterServer, mixed_event: s
     assert line.split()[:6] == [str(media_job["id"]), mixed_event, "mixed", "media", "2", "503"]
     assert "gave up after 2 attempts: HTTP 503: media is down" in line
 
-    as_json = run_cli("dead-letters", "list", "--rules", router.rules_path, "--json")
+    as_json = run_cli("dead-letters", "list", "--rules", router.rules_path, "--json", env=router.cli_env)
     assert as_json.code == 0, as_json
     [row] = [r for r in map(json.loads, as_json.stdout.splitlines()) if r["event_id"] == mixed_event]
     assert row["job_id"] == media_job["id"]
@@ -156,7 +158,7 @@ def test_replay_by_job_id_requeues_and_delivers_once_fixed(router: RouterServer,
     job = make_dead(router, site, "by-job")
     site.script("/replay-job", then=Reply(200, "ok"))
 
-    replayed = run_cli("replay", "--rules", router.rules_path, str(job["id"]))
+    replayed = run_cli("replay", "--rules", router.rules_path, str(job["id"]), env=router.cli_env)
     assert replayed.code == 0, replayed
     assert "re-queued 1 delivery" in replayed.stdout
 
@@ -169,9 +171,9 @@ def test_replay_by_job_id_requeues_and_delivers_once_fixed(router: RouterServer,
     assert [r.headers["x-router-attempt"] for r in ok][-1] == "3"
     assert [a["n"] for a in attempts_of(router, job["id"])] == [1, 2, 3]
 
-    dead = run_cli("dead-letters", "list", "--rules", router.rules_path, "--json")
+    dead = run_cli("dead-letters", "list", "--rules", router.rules_path, "--json", env=router.cli_env)
     assert all(json.loads(r)["job_id"] != job["id"] for r in dead.stdout.splitlines())
-    again = run_cli("replay", "--rules", router.rules_path, str(job["id"]))  # no longer a dead letter
+    again = run_cli("replay", "--rules", router.rules_path, str(job["id"]), env=router.cli_env)  # no longer a dead letter
     assert again.code == 1, again
 
 
@@ -179,7 +181,7 @@ def test_replay_by_event_id_requeues_its_dead_jobs(router: RouterServer, site: S
     job = make_dead(router, site, "by-event")
     site.script("/replay-event", then=Reply(200, "ok"))
 
-    replayed = run_cli("replay", "--rules", router.rules_path, job["event_id"])
+    replayed = run_cli("replay", "--rules", router.rules_path, job["event_id"], env=router.cli_env)
     assert replayed.code == 0, replayed
     assert "re-queued 1 delivery" in replayed.stdout
     wait_until(lambda: jobs_of(router, job["event_id"])[0]["state"] == "delivered",
@@ -190,11 +192,11 @@ def test_replay_keeps_the_history_of_earlier_attempts(router: RouterServer, site
     # a dead letter keeps every attempt's outcome; re-queueing it must not overwrite them
     job = make_dead(router, site, "by-history")
     site.script("/replay-history", then=Reply(200, "ok"))
-    assert run_cli("replay", "--rules", router.rules_path, str(job["id"])).code == 0
+    assert run_cli("replay", "--rules", router.rules_path, str(job["id"]), env=router.cli_env).code == 0
     wait_until(lambda: jobs_of(router, job["event_id"])[0]["state"] == "delivered",
                what="the replayed job to be delivered")
 
-    shown = json.loads(run_cli("events", "show", "--rules", router.rules_path, job["event_id"]).stdout)
+    shown = json.loads(run_cli("events", "show", "--rules", router.rules_path, job["event_id"], env=router.cli_env).stdout)
     [delivery] = shown["deliveries"]
     history = delivery["history"]
     assert [h["status"] for h in history] == [500, 500, 200], history
@@ -203,7 +205,7 @@ def test_replay_keeps_the_history_of_earlier_attempts(router: RouterServer, site
 
 @pytest.mark.parametrize("ident", ["987654321", "evt_000000000000feedfacefeedface"])
 def test_replay_unknown_id_exits_1(router: RouterServer, ident: str) -> None:
-    replayed = run_cli("replay", "--rules", router.rules_path, ident)
+    replayed = run_cli("replay", "--rules", router.rules_path, ident, env=router.cli_env)
     assert replayed.code == 1, replayed
     assert ident in replayed.stderr
     assert "Traceback" not in replayed.output

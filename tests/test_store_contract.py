@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import wait_until
+from support import wait_until
 
 from router.errors import StoreError, StoreUnavailable
 from router.model import NewEvent, Outcome, Verdict, new_event_id, now_ts

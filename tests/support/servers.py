@@ -153,6 +153,11 @@ class RouterServer:
         """Where this server's store is: the SQLite file, or the PostgreSQL URI given as `store`."""
         return self.store_uri or str(self.store_path)
 
+    @property
+    def cli_env(self) -> dict[str, str]:
+        """What `router` commands need, beside the rules file, to find this server's store."""
+        return {"ROUTER_STORE": self.store_uri} if self.store_uri else {}
+
     def store(self) -> Store:
         """The store this server writes, opened as the router opens it (one per test process and server)."""
         if self._store is None:
