@@ -20,6 +20,8 @@ from router.model import IngestResult, NewEvent, Outcome, Verdict, now_ts
 from router.store.sqlite import SqliteStore as Store
 from router.store.sqlite import _Rows
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")  # the kill -9 test; the store-level ones are SQLite's
+
 THREADS = 6
 PER_THREAD = 1000  # an upper bound: the burst runs until the kill ends it (it must not end before)
 HANG_TIMEOUT = 2.0  # the hang action's timeout; its lease is this plus 15 s

@@ -173,8 +173,7 @@ def test_two_hosts_one_killed_mid_burst_lose_nothing_and_never_deliver_twice_und
         # what the victim held when it died was taken over by the survivor once the lease ran out
         by_id = {j.id: j for j in store.jobs()}
         assert all(by_id[i].state == "delivered" for i in leased), [by_id[i] for i in leased]
-        assert taken_over > 0 or any("lease expired" in (a.error or "") for i in leased for a in store.attempts(i)), \
-            "no job was leased by the victim when it died (the kill came too late to test take-over)"
+        assert taken_over > 0, "no job was leased by the victim when it died (the kill came too late to test take-over)"
 
         # Slack's pace held across both hosts: its limiter never refused a message
         loud = {e for e, (_, n) in acknowledged.items() if n % SLACK_EVERY == 0}

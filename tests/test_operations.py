@@ -54,6 +54,8 @@ from support import (
 
 from router import metrics
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -65,14 +67,14 @@ def site() -> ScriptedServer:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
+def served(tmp_path_factory: pytest.TempPathFactory, new_store):
     """Factory for `router serve` processes; each is stopped (by its PID) when the module ends."""
     started: list[ServedRouter] = []
 
     def start(rules_text: str, *, env: dict[str, str] | None = None, workers: int = 2, name: str = "serve",
               files: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> ServedRouter:
         server = ServedRouter(tmp_path_factory.mktemp(name), rules_text, env=env, workers=workers, files=files,
-                              extra_args=extra_args)
+                              extra_args=extra_args, store=new_store())
         started.append(server)
         return server.start()
 
@@ -196,7 +198,7 @@ def metrics_router(start_router, site: ScriptedServer) -> tuple[RouterServer, Tr
         # which worker accepts a connection is the kernel's choice: on a busy machine one worker can win them
         # all. Send more events that match nothing (no deliveries) until a second worker has taken some.
         def spread() -> bool:
-            per_pid = per_process_counts(metrics.default_dir(router.store_path), "router_events_received_total")
+            per_pid = per_process_counts(metrics.default_dir(router.store_location), "router_events_received_total")
             if sum(1 for n in per_pid.values() if n) >= 2:
                 return True
             list(pool.map(lambda _: accepted("src", "/hooks/src", dumps({"case": "nothing"}), []), range(12)))
@@ -272,7 +274,7 @@ def test_metrics_add_up_exactly_across_workers_and_scrapes(metrics_router) -> No
         attempts[action] += n
 
     # several gunicorn workers took part (their per-process metric files are what a scrape sums)
-    per_pid = per_process_counts(metrics.default_dir(router.store_path), "router_events_received_total")
+    per_pid = per_process_counts(metrics.default_dir(router.store_location), "router_events_received_total")
     busy = [pid for pid, n in per_pid.items() if n]
     assert len(busy) >= 2, f"all traffic landed on one worker: {per_pid}"
     assert sum(per_pid.values()) == sum(t.events.values())
