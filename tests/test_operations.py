@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -522,7 +523,7 @@ def test_no_secret_appears_in_any_log_or_output(served, site: ScriptedServer, tm
 
     # the command line, on the same rules and store
     outputs: dict[str, str] = {}
-    cli_env = {**env, "ROUTER_RULES": None}
+    cli_env = {**env, **router.cli_env, "ROUTER_RULES": None}
     broken = tmp_path / "broken.yaml"
     broken.write_text(SECRETS_RULES_BROKEN.replace("SITE", site.url), encoding="utf-8")
     (tmp_path / "schemas").mkdir()
@@ -624,7 +625,7 @@ def park_jobs(router: RouterServer, site: ScriptedServer, tag: str) -> dict[str,
 
 
 def dead_letters(router: RouterServer) -> list[dict]:
-    res = run_cli("dead-letters", "list", "--rules", router.rules_path, "--json")
+    res = run_cli("dead-letters", "list", "--rules", router.rules_path, "--json", env=router.cli_env)
     assert res.code == 0, res
     return [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
 
@@ -812,7 +813,8 @@ rules:
 def test_sigterm_hands_back_claimed_jobs_and_a_restart_delivers_them_at_once(served, site: ScriptedServer) -> None:
     """Jobs are never left leased by a stopped router: after TERM of the master (and of one worker), no job
     holds a lease, and a restarted router delivers what is left at once, not after the 25 s lease."""
-    site.script("/drain/slow", then=Reply(200, "ok", delay=0.5))
+    slow = f"/drain/{uuid.uuid4().hex[:8]}/slow"  # the module's site serves every back end's run of this test
+    site.script(slow, then=Reply(200, "ok", delay=0.5))
     rules = f"""\
 version: 1
 settings:
@@ -820,14 +822,14 @@ settings:
 providers:
   src: {{type: none}}
 actions:
-  slow: {{type: forward, url: "{site.url}/drain/slow", timeout: 10s}}
+  slow: {{type: forward, url: "{site.url}{slow}", timeout: 10s}}
 rules:
   - {{name: all, provider: src, actions: [slow]}}
 """
     router = served(rules, workers=2, name="drain")
     with ThreadPoolExecutor(4) as pool:
         ids = list(pool.map(lambda i: router.post("/hooks/src", {"n": i}).json()["event_id"], range(30)))
-    site.wait_for(3, path="/drain/slow", timeout=20)
+    site.wait_for(3, path=slow, timeout=20)
 
     # TERM one worker: it finishes what it started and hands back the rest; the master replaces it
     victim = worker_pids(router)[0]
@@ -837,21 +839,21 @@ rules:
     assert held == [], f"jobs still leased by the stopped worker {victim}: {held}"
 
     # TERM the master while deliveries are in flight
-    delivered_before = len(site.to("/drain/slow"))
+    delivered_before = len(site.to(slow))
     code = term_and_wait(router, timeout=60)
     assert code == 0, code
     leased = [(j.id, j.state, j.lease_owner) for j in router.store().jobs() if j.lease_owner is not None]
     assert leased == [], f"jobs left with a lease after a graceful stop: {leased}"
     pending = len(router.store().jobs(state="pending"))
     assert pending > 0, "everything was delivered before TERM: the test proves nothing; slow the downstream"
-    assert len(site.to("/drain/slow")) >= delivered_before
+    assert len(site.to(slow)) >= delivered_before
 
     # restart on the same store, against a fast downstream: everything left goes out at once
-    site.script("/drain/slow", then=Reply(200, "ok"))
+    site.script(slow, then=Reply(200, "ok"))
     started = time.monotonic()
     router.start()
     wait_until(lambda: all(j.state == "delivered" for j in router.store().jobs()),
                timeout=12, what="the restarted router to deliver every job left (well before a 25 s lease)")
     assert time.monotonic() - started < 15
-    got = {r.headers["x-router-event-id"] for r in site.to("/drain/slow")}
+    got = {r.headers["x-router-event-id"] for r in site.to(slow)}
     assert got == set(ids)
