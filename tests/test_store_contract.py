@@ -413,3 +413,37 @@ def test_location_and_errors_never_show_the_password(pg_cluster) -> None:  # typ
     assert "hunter2" not in str(failed2.value)
     assert store.readiness(0).startswith("unavailable")
     store.close()
+
+
+def test_a_database_restart_costs_503s_while_down_and_nothing_after() -> None:
+    """The database goes away and comes back: ingest fails fast (StoreUnavailable, so the router answers
+    503 and the provider retries), then every operation works again without reopening the store, and
+    the listener reconnects and wakes again."""
+    from support.postgres import PgCluster
+
+    cluster = PgCluster().start()
+    try:
+        uri = cluster.database()
+        store, writer = open_store(uri), open_store(uri)
+        woke = threading.Event()
+        store.on_new_jobs(woke.set)
+        writer.ingest(event())
+        assert len(store.claim("A", 5, LEASES, {})) == 1
+
+        cluster.stop_server()
+        with pytest.raises(StoreUnavailable):
+            writer.ingest(event(), timeout=3)
+        with pytest.raises(StoreError):
+            store.counts()
+        assert store.readiness(0) != "writable"
+
+        cluster.start_server()
+        wait_until(lambda: store.readiness(0) == "writable", timeout=30, what="the store to be writable again")
+        woke.clear()
+        wait_until(lambda: writer.ingest(event()) and woke.is_set(), timeout=30, interval=0.5,
+                   what="an ingest after the restart to wake the reconnected listener")
+        assert len(store.claim("A", 5, LEASES, {})) >= 1
+        store.close()
+        writer.close()
+    finally:
+        cluster.stop()

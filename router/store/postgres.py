@@ -61,6 +61,8 @@ LISTEN_CHECK = 10.0  # seconds between liveness checks of the listening connecti
 POOL_MAX = 12  # per process: request threads (8 by default) + the dispatcher + CLI use
 ADVISORY_LOCK = 0x726F75746572  # "router": held while the schema is created or migrated
 DEFAULT_LEASE = 25.0
+POOL_TIMEOUT = 5.0  # seconds to wait for a connection before the operation fails (503 for an ingest)
+RECONNECT_TIMEOUT = 30.0  # seconds a pool retries a lost connection (with backoff) before the pool is replaced
 NOW = "extract(epoch FROM clock_timestamp())::float8"
 
 # each entry takes the schema from the version before it to its own number
@@ -232,7 +234,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _translated(method: F) -> F:
-    """psycopg's errors (and the pool's) leave the store as StoreError, saying what failed, never the password."""
+    """psycopg's errors (the pool's are among them) leave the store as StoreError, saying what failed, never the password."""
 
     @functools.wraps(method)
     def wrapper(self: PostgresStore, *args: Any, **kwargs: Any) -> Any:
@@ -240,7 +242,9 @@ def _translated(method: F) -> F:
             return method(self, *args, **kwargs)
         except StoreError:
             raise
-        except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as exc:
+        except (psycopg.Error, OSError) as exc:  # the pool's errors are psycopg.OperationalErrors
+            if isinstance(exc, psycopg_pool.PoolTimeout):
+                self._reset_pool()
             raise StoreError(self._scrub(f"{method.__name__}: {type(exc).__name__}: {exc}")) from None
 
     return wrapper  # type: ignore[return-value]
@@ -261,6 +265,13 @@ def _dead_filter(action: str | None, since: float | None) -> tuple[str, list[Any
         where.append("updated_ts >= %s")
         args.append(since)
     return " AND ".join(where), args
+
+
+def _close_quietly(pool: psycopg_pool.ConnectionPool) -> None:
+    try:
+        pool.close(timeout=10)
+    except Exception:  # best effort: its connections are gone anyway
+        pass
 
 
 class PostgresStore:
@@ -304,13 +315,26 @@ class PostgresStore:
                     self._pool_obj = psycopg_pool.ConnectionPool(
                         self.uri, min_size=1, max_size=POOL_MAX, open=False, name="router",
                         kwargs={"autocommit": True, "application_name": "router"},
-                        configure=self._configure, reconnect_timeout=60,
+                        configure=self._configure,
+                        # a connection the server dropped (a restart, a failover) is found on checkout,
+                        # not by the request that got it; the pool keeps trying to reconnect meanwhile
+                        check=psycopg_pool.ConnectionPool.check_connection, reconnect_timeout=RECONNECT_TIMEOUT,
+                        timeout=POOL_TIMEOUT,
                     )
                     self._pool_obj.open(wait=False)
                     self._pool_pid = os.getpid()
                     self._rate_rows = set()
                 pool = self._pool_obj
         return pool
+
+    def _reset_pool(self) -> None:
+        """Replace a pool that could not hand out a connection: its own reconnects back off for ever
+        longer, while a new pool tries at once, so the store is back as soon as the database is."""
+        with self._pool_lock:
+            pool, self._pool_obj = self._pool_obj, None
+            if pool is not None and self._pool_pid == os.getpid():
+                # closed aside: joining its threads must not hold up the request that found it dead
+                threading.Thread(target=_close_quietly, args=(pool,), name="router-pool-close", daemon=True).start()
 
     def _connect(self, **kwargs: Any) -> psycopg.Connection:
         """A connection of its own (migrations, the listener), outside the pool."""
@@ -365,7 +389,7 @@ class PostgresStore:
         shares the WAL flush between them."""
         e = event
         try:
-            with self._pool().connection(timeout=timeout) as conn:
+            with self._pool().connection(timeout=min(timeout, POOL_TIMEOUT)) as conn:
                 with conn.transaction():
                     if e.dedupe_key is not None:
                         row = conn.execute(_DEDUPE, {
@@ -387,16 +411,20 @@ class PostgresStore:
                         if now - self._last_notify >= NOTIFY_DEBOUNCE:
                             self._last_notify = now
                             conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg_pool.PoolTimeout):
+                self._reset_pool()
             raise StoreUnavailable(self._scrub(f"the store could not commit: {type(exc).__name__}: {exc}")) from None
         return IngestResult(e.id, e.matched, len(e.jobs))
 
     def readiness(self, min_free_bytes: int) -> str:
         """'writable' when the database takes writes (the server's disk is the database's to watch)."""
         try:
-            with self._pool().connection(timeout=5) as conn:
+            with self._pool().connection() as conn:
                 row = conn.execute("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')").fetchone()
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg_pool.PoolTimeout):
+                self._reset_pool()
             return f"unavailable: {type(exc).__name__}"
         if row is None or row[0] or row[1] == "on":
             return "not writable"

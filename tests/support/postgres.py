@@ -59,7 +59,6 @@ class PgCluster:
     def start(self, timeout: float = 60.0) -> PgCluster:
         bins = bin_dir()
         self.root = Path(tempfile.mkdtemp(prefix="rpg", dir="/tmp"))
-        data = self.root / "data"
         if os.geteuid() == 0:
             import pwd
 
@@ -71,16 +70,22 @@ class PgCluster:
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
             self._run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
         init = subprocess.run(
-            [str(bins / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+            [str(bins / "initdb"), "-D", str(self.root / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8",
              "--no-sync", "--no-instructions"],
             capture_output=True, text=True, timeout=timeout, **self._run_as,
         )
         if init.returncode != 0:
             raise PostgresUnavailable(f"initdb failed ({init.returncode}): {init.stderr.strip()[-800:]}")
-        log = open(self.root / "postgres.log", "wb")
+        self.start_server(timeout)
+        return self
+
+    def start_server(self, timeout: float = 60.0) -> None:
+        """Start (or start again) the server on this cluster's data folder and socket."""
+        assert self.root is not None
+        log = open(self.root / "postgres.log", "ab")
         try:
             self.proc = subprocess.Popen(
-                [str(bins / "postgres"), "-D", str(data), "-k", str(self.root), "-h", "",
+                [str(bin_dir() / "postgres"), "-D", str(self.root / "data"), "-k", str(self.root), "-h", "",
                  "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", f"max_connections={self.max_connections}",
                  "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **self._run_as,
@@ -95,7 +100,17 @@ class PgCluster:
                 self.stop()
                 raise PostgresUnavailable(f"postgres did not accept connections within {timeout}s: {self.log_tail()}")
             time.sleep(0.05)  # polling, bounded by the deadline
-        return self
+
+    def stop_server(self) -> None:
+        """Stop the server (by its PID), keeping its data: `start_server()` brings it back."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # fast shutdown: the postmaster ends its own backends
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
     def _ready(self) -> bool:
         import psycopg
@@ -126,14 +141,7 @@ class PgCluster:
         return self.uri(name)
 
     def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # fast shutdown: the postmaster ends its own backends
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        self.stop_server()
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
