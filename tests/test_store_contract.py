@@ -182,6 +182,17 @@ def test_stale_owner_cannot_finish(store: Store, other: Store) -> None:
     assert [a.n for a in store.attempts(job.id)] == [1, 2]
 
 
+def test_finish_counts_only_the_outcomes_that_applied(store: Store) -> None:
+    for _ in range(3):
+        store.ingest(event())
+    jobs = store.claim("A", 3, LEASES, {})
+    batch = [outcome(jobs[0]), outcome(jobs[1], Verdict.RETRY, delay=60, status=503, error="HTTP 503"),
+             outcome(jobs[2], owner="B"), outcome(jobs[2], Verdict.RELEASED)]
+    assert store.finish(batch) == 3  # the outcome from a non-owner did not count
+    states = {j.id: (j.state, j.attempts) for j in store.jobs()}
+    assert states == {jobs[0].id: ("delivered", 1), jobs[1].id: ("pending", 1), jobs[2].id: ("pending", 0)}
+
+
 def test_retry_is_due_after_its_delay_and_dead_is_final(store: Store) -> None:
     store.ingest(event())
     (job,) = store.claim("A", 1, LEASES, {})

@@ -390,7 +390,9 @@ class PostgresStore:
         e = event
         try:
             with self._pool().connection(timeout=min(timeout, POOL_TIMEOUT)) as conn:
-                with conn.transaction():
+                # pipelined: BEGIN, the INSERTs, the NOTIFY and COMMIT go out together, one round trip
+                # (a dedupe lookup waits for its answer); the answer comes only after COMMIT succeeded
+                with conn.pipeline(), conn.transaction():
                     if e.dedupe_key is not None:
                         row = conn.execute(_DEDUPE, {
                             "provider": e.provider, "key": e.dedupe_key, "event_id": e.id,
@@ -460,25 +462,27 @@ class PostgresStore:
         """Record attempts and move jobs on; only the lease owner's word counts. Returns how many applied."""
         if not outcomes:
             return 0
+        host_now = time.time()
+        done, released, holds = [], [], []
+        for o in outcomes:
+            if o.verdict is Verdict.RELEASED:
+                released.append({"job_id": o.job_id, "owner": o.owner, "attempt": o.attempt})
+            else:
+                done.append({
+                    "host_now": host_now, "state": o.verdict.state.value, "next_ts": o.next_ts or o.at, "at": o.at,
+                    "status": o.status, "last_error": o.reason or o.error, "job_id": o.job_id, "owner": o.owner,
+                    "attempt": o.attempt, "error": o.error, "latency_ms": o.latency_ms, "retryable": o.retryable,
+                })
+            if o.hold_action_until is not None:
+                holds.append({"action": o.action, "until": o.hold_action_until, "host_now": host_now})
         applied = 0
         with self._pool().connection() as conn:
-            with conn.transaction():
-                host_now = time.time()
-                with conn.cursor() as cur:
-                    for o in outcomes:
-                        if o.verdict is Verdict.RELEASED:
-                            cur.execute(_RELEASE, {"job_id": o.job_id, "owner": o.owner, "attempt": o.attempt})
-                        else:
-                            cur.execute(_FINISH, {
-                                "host_now": host_now, "state": o.verdict.state.value, "next_ts": o.next_ts or o.at,
-                                "at": o.at, "status": o.status, "last_error": o.reason or o.error, "job_id": o.job_id,
-                                "owner": o.owner, "attempt": o.attempt, "error": o.error, "latency_ms": o.latency_ms,
-                                "retryable": o.retryable,
-                            })
-                        applied += max(cur.rowcount, 0)
-                        if o.hold_action_until is not None:
-                            cur.execute(_HOLD, {"action": o.action, "until": o.hold_action_until,
-                                                "host_now": host_now})
+            with conn.transaction(), conn.cursor() as cur:  # executemany pipelines its statements
+                for sql, rows in ((_FINISH, done), (_RELEASE, released), (_HOLD, holds)):
+                    if rows:
+                        cur.executemany(sql, rows)
+                        if sql is not _HOLD:
+                            applied += max(cur.rowcount, 0)
         return applied
 
     def on_new_jobs(self, wake: Callable[[], None]) -> None:
