@@ -458,3 +458,39 @@ def test_a_database_restart_costs_503s_while_down_and_nothing_after() -> None:
         writer.close()
     finally:
         cluster.stop()
+
+
+def test_concurrent_ingests_are_each_committed_once(store: Store, other: Store) -> None:
+    """Many request threads at once (a group commit on either back end): every answer is a committed event."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(i: int) -> str:
+        s = store if i % 3 else other
+        return s.ingest(event(jobs=[("r", "a1"), ("r", "a2")] if i % 2 else [])).event_id
+
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(send, range(400)))
+    assert len(set(ids)) == 400
+    assert store.counts()["events"] == 400 and store.counts()["jobs"] == 400
+    assert all(store.event(i) is not None for i in ids[::37])
+
+
+def test_one_failing_event_does_not_spoil_the_others_committed_with_it(store: Store) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = event()
+    store.ingest(first)
+    batch = [event() for _ in range(30)]
+    batch.insert(15, first)  # its id is taken: this one fails, alone
+
+    def send(e: NewEvent) -> str:
+        try:
+            return store.ingest(e).event_id
+        except StoreUnavailable:
+            return "failed"
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(send, batch))
+    assert answers.count("failed") == 1 and answers[15] == "failed"
+    assert all(store.event(e.id) is not None for e in batch)
+    assert store.counts()["events"] == 31

@@ -220,14 +220,16 @@ ON CONFLICT (provider, key) DO UPDATE
 RETURNING event_id
 """
 
-_INSERT_EVENT = """
+_INSERT_EVENTS = """
 INSERT INTO events (id, provider, received_at, received_ts, headers, query, content_type, body, matched, dedupe_key)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[], %s::text[],
+                     %s::bytea[], %s::jsonb[], %s::text[])
 """
 
 _INSERT_JOBS = f"""
 INSERT INTO jobs (event_id, rule, action, state, attempts, next_ts, created_ts, updated_ts)
-SELECT %s, r, a, 'pending', 0, t, t, t FROM unnest(%s::text[], %s::text[]) AS x(r, a), (SELECT {NOW} AS t) now
+SELECT e, r, a, 'pending', 0, t, t, t
+FROM unnest(%s::text[], %s::text[], %s::text[]) AS x(e, r, a), (SELECT {NOW} AS t) now
 """
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -295,6 +297,7 @@ class PostgresStore:
         self._listener: threading.Thread | None = None
         self._listener_pid = 0
         self._closed = threading.Event()
+        self._group: _GroupCommit | None = None
         if migrate:
             self.migrate()
 
@@ -385,9 +388,30 @@ class PostgresStore:
     def ingest(self, event: NewEvent, timeout: float = 15.0) -> IngestResult:
         """Commit an event and its jobs (or find it a duplicate); raise StoreUnavailable on failure.
 
-        Concurrent ingests each commit in their own transaction: PostgreSQL's own group commit
-        shares the WAL flush between them."""
-        e = event
+        Concurrent ingests of this process share one transaction (a group commit, see _GroupCommit):
+        one round trip and one WAL flush for the batch. An event with a dedupe key commits on its own,
+        since its upsert may wait for another host's commit of the same key."""
+        if event.dedupe_key is not None:
+            return self._ingest_alone(event, timeout)
+        with self._pool_lock:
+            if self._group is None or self._group.pid != os.getpid():
+                self._group = _GroupCommit(self)
+            group = self._group
+        return group.submit(event, timeout)
+
+    def _notify_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_notify >= NOTIFY_DEBOUNCE:
+            self._last_notify = now
+            return True
+        return False
+
+    def _unavailable(self, exc: psycopg.Error) -> StoreUnavailable:
+        if isinstance(exc, psycopg_pool.PoolTimeout):
+            self._reset_pool()
+        return StoreUnavailable(self._scrub(f"the store could not commit: {type(exc).__name__}: {exc}"))
+
+    def _ingest_alone(self, e: NewEvent, timeout: float) -> IngestResult:
         try:
             with self._pool().connection(timeout=min(timeout, POOL_TIMEOUT)) as conn:
                 # pipelined: BEGIN, the INSERTs, the NOTIFY and COMMIT go out together, one round trip
@@ -403,21 +427,43 @@ class PostgresStore:
                                                 (e.provider, e.dedupe_key)).fetchone()
                             if orig is not None:
                                 return IngestResult(orig[0], list(orig[1]), 0, duplicate=True)
-                    conn.execute(_INSERT_EVENT, (
-                        e.id, e.provider, e.received_at, e.received_ts, json.dumps(e.headers), json.dumps(e.query),
-                        e.content_type, e.body, json.dumps(e.matched), e.dedupe_key,
-                    ))
-                    if e.jobs:
-                        conn.execute(_INSERT_JOBS, (e.id, [r for r, _ in e.jobs], [a for _, a in e.jobs]))
-                        now = time.monotonic()
-                        if now - self._last_notify >= NOTIFY_DEBOUNCE:
-                            self._last_notify = now
-                            conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+                    self._insert(conn, [e])
         except psycopg.Error as exc:
-            if isinstance(exc, psycopg_pool.PoolTimeout):
-                self._reset_pool()
-            raise StoreUnavailable(self._scrub(f"the store could not commit: {type(exc).__name__}: {exc}")) from None
+            raise self._unavailable(exc) from None
         return IngestResult(e.id, e.matched, len(e.jobs))
+
+    def _insert(self, conn: psycopg.Connection, events: Sequence[NewEvent]) -> None:
+        """The events and their jobs, one multi-row INSERT each (and a NOTIFY when there are jobs)."""
+        conn.execute(_INSERT_EVENTS, [
+            [e.id for e in events], [e.provider for e in events], [e.received_at for e in events],
+            [e.received_ts for e in events], [json.dumps(e.headers) for e in events],
+            [json.dumps(e.query) for e in events], [e.content_type for e in events], [e.body for e in events],
+            [json.dumps(e.matched) for e in events], [e.dedupe_key for e in events],
+        ])
+        jobs = [(e.id, rule, action) for e in events for rule, action in e.jobs]
+        if jobs:
+            conn.execute(_INSERT_JOBS, ([j[0] for j in jobs], [j[1] for j in jobs], [j[2] for j in jobs]))
+            if self._notify_due():
+                conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+
+    def _ingest_batch(self, events: Sequence[NewEvent]) -> list[IngestResult | Exception]:
+        """One transaction for the batch; should it fail, each event on its own, so one bad event
+        cannot spoil its neighbours (the batch's transaction wrote nothing)."""
+        try:
+            with self._pool().connection() as conn:
+                with conn.pipeline(), conn.transaction():
+                    self._insert(conn, events)
+            return [IngestResult(e.id, e.matched, len(e.jobs)) for e in events]
+        except psycopg.Error as exc:
+            if len(events) == 1:
+                return [self._unavailable(exc)]
+        results: list[IngestResult | Exception] = []
+        for e in events:
+            try:
+                results.append(self._ingest_alone(e, POOL_TIMEOUT))
+            except StoreUnavailable as failed:
+                results.append(failed)
+        return results
 
     def readiness(self, min_free_bytes: int) -> str:
         """'writable' when the database takes writes (the server's disk is the database's to watch)."""
@@ -751,3 +797,85 @@ class PostgresStore:
                     pool.close(timeout=5)
                 except Exception:  # closing is best effort; the server ends the sessions anyway
                     pass
+
+
+class _GroupCommit:
+    """Group commit of the ingests of every request thread of this process, without a thread of its own.
+
+    The first request to arrive leads: it commits its own event and everything queued behind it in
+    one transaction, then hands the lead to the next waiting request, if any. A lone request thus
+    commits on its own thread with no handoff; concurrent ones share a round trip and a WAL flush.
+    A request that gave up waiting (503) is still committed by the next leader, which is safe: the
+    provider's retry is then one more event, delivered at least once like any other.
+    """
+
+    MAX_BATCH = 256
+
+    def __init__(self, store: PostgresStore):
+        self.store = store
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._pending: list[_Waiter] = []
+        self._leading = False
+
+    def submit(self, event: NewEvent, timeout: float) -> IngestResult:
+        waiter = _Waiter(event)
+        with self._lock:
+            self._pending.append(waiter)
+            lead = not self._leading
+            if lead:
+                self._leading = True
+        if not lead:
+            if not waiter.done.wait(timeout):
+                with self._lock:
+                    if not waiter.done.is_set():
+                        waiter.abandoned = True
+                        raise StoreUnavailable("the store did not commit in time")
+            lead = waiter.lead
+        if lead:
+            self._lead(waiter)
+        if isinstance(waiter.result, IngestResult):
+            return waiter.result
+        if isinstance(waiter.result, StoreUnavailable):
+            raise waiter.result
+        raise StoreUnavailable(f"the store could not commit: {waiter.result}")
+
+    def _lead(self, me: _Waiter) -> None:
+        while True:
+            with self._lock:
+                batch = self._pending[: self.MAX_BATCH]
+                del self._pending[: self.MAX_BATCH]
+            try:
+                results = self.store._ingest_batch([w.event for w in batch])
+            except Exception as exc:  # a bug of ours must not strand the waiters
+                results = [StoreUnavailable(f"the store could not commit: {type(exc).__name__}")] * len(batch)
+            for waiter, result in zip(batch, results):
+                waiter.result = result
+            with self._lock:
+                waiting = [w for w in self._pending if not w.abandoned]
+                if me.result is None:
+                    last = False  # this request's own event is further back: go on until it is committed
+                elif waiting:
+                    waiting[0].lead = True  # it commits the rest while this request answers
+                    waiting[0].done.set()
+                    last = True
+                elif not self._pending:
+                    self._leading = False
+                    last = True
+                else:
+                    last = False  # only abandoned requests are left: commit them too, so nothing is stranded
+            for waiter in batch:
+                waiter.done.set()
+            if last:
+                return
+
+
+class _Waiter:
+    __slots__ = ("event", "done", "result", "lead", "abandoned")
+
+    def __init__(self, event: NewEvent) -> None:
+        self.event = event
+        self.done = threading.Event()
+        self.result: IngestResult | Exception | None = None
+        self.lead = False  # set with done when this request is handed the lead
+        self.abandoned = False
