@@ -666,7 +666,7 @@ def assert_removed_action_dead_lettered(router: RouterServer, site: ScriptedServ
 
 
 def test_sighup_under_router_serve_applies_valid_rules_and_refuses_broken_ones(served, site: ScriptedServer) -> None:
-    tag = "hup"
+    tag = f"hup-{uuid.uuid4().hex[:6]}"  # the module's site serves every back end's run
     router = served(reload_rules(site, tag, rule="first"), env={"ROUTER_WATCH": "off"}, workers=2, name="hup")
     assert routes_consistently(router, ["first"])
     old_workers = set(worker_pids(router))
@@ -709,7 +709,7 @@ def test_sighup_under_router_serve_applies_valid_rules_and_refuses_broken_ones(s
 
 
 def test_sighup_reload_dead_letters_jobs_of_removed_actions(served, site: ScriptedServer) -> None:
-    tag = "hupdl"
+    tag = f"hupdl-{uuid.uuid4().hex[:6]}"  # the module's site serves every back end's run
     router = served(reload_rules(site, tag, rule="first"), env={"ROUTER_WATCH": "off"}, workers=2, name="hupdl")
     jobs = park_jobs(router, site, tag)
     atomic_write(router.rules_path, reload_rules(site, tag, rule="second", with_gone=False))
@@ -720,7 +720,7 @@ def test_sighup_reload_dead_letters_jobs_of_removed_actions(served, site: Script
 
 
 def test_file_watch_reloads_valid_rules_and_keeps_old_ones_when_broken(served, site: ScriptedServer) -> None:
-    tag = "watch"
+    tag = f"watch-{uuid.uuid4().hex[:6]}"  # the module's site serves every back end's run
     router = served(reload_rules(site, tag, rule="first"), workers=2, name="watch")
     assert routes_consistently(router, ["first"])
     jobs = park_jobs(router, site, tag)
@@ -750,7 +750,7 @@ def test_file_watch_reloads_valid_rules_and_keeps_old_ones_when_broken(served, s
 
 
 def test_plain_gunicorn_sighup_with_broken_file_serves_last_good_rules(start_router, site: ScriptedServer) -> None:
-    tag = "plain"
+    tag = f"plain-{uuid.uuid4().hex[:6]}"  # the module's site serves every back end's run
     router = start_router(reload_rules(site, tag, rule="first"), workers=2, name="plainhup")
     assert routes_consistently(router, ["first"])
     old_workers = set(worker_pids(router))
