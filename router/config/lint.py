@@ -81,7 +81,7 @@ def lint(ctx: Ctx, config: Config) -> list[Problem]:
         if isinstance(key, str):
             for message in _template_problems(key, {name}, schemas):
                 warn(("providers", name, "dedupe", "key"), message)
-    return warnings
+    return sorted(warnings, key=lambda p: (p.line, p.column))
 
 
 def _schema_of(spec: Any) -> Any:
