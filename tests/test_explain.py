@@ -93,7 +93,7 @@ def test_where_a_stop_rule_ended_evaluation(files) -> None:
     assert by_name["has-url"]["status"] == "not evaluated"
     assert "high-risk matched with stop: true" in by_name["never-reached"]["reason"]
     assert by_name["other-only"]["status"] == "other provider"
-    failed = by_name["failed-jobs"]["condition"]["parts"][0]
+    failed = by_name["failed-jobs"]["condition"]
     assert failed["path"] == "data.is_error" and failed["found"] == [False] and failed["failed"] == ["eq true"]
     # every rule is listed, in file order, with the line it starts on
     assert [r["name"] for r in ex["rules"]] == ["failed-jobs", "high-risk", "never-reached", "other-only", "has-url"]

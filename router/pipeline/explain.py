@@ -162,6 +162,8 @@ def _trace(node: Check | Group, view: EventView) -> ConditionTrace:
         failed = [] if holds else [f"{op} {_short(arg)}" for op, arg in node.why_not(values)]
         return ConditionTrace("check", holds, where, path=node.path, expected=node.matcher, found=shown,
                               missing=not values, failed=failed)
+    if node.kind == "all" and len(node.parts) == 1:
+        return _trace(node.parts[0], view)  # `all` around one part says nothing of its own
     parts = [_trace(p, view) for p in node.parts]
     if node.kind == "any":
         holds = any(p.holds for p in parts)
@@ -169,8 +171,6 @@ def _trace(node: Check | Group, view: EventView) -> ConditionTrace:
         holds = not all(p.holds for p in parts)
     else:
         holds = all(p.holds for p in parts)
-    if node.kind == "all" and len(parts) == 1 and node.parts and isinstance(node.parts[0], Group):
-        return parts[0]  # `all` around one combinator says nothing of its own
     return ConditionTrace(node.kind, holds, where, parts=parts)
 
 
@@ -267,12 +267,14 @@ def pretty(rendered: Any) -> str:
         return json.dumps(rendered, indent=2, ensure_ascii=False)
     lines: list[str] = []
     for key, value in rendered.items():
-        if key == "body" and isinstance(value, str):
-            try:
+        if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+            try:  # a JSON body (or a JSON line of a file) shown as JSON, not as one escaped string
                 value = json.loads(value)
             except ValueError:
-                lines.append("body: " + (value if "\n" not in value else "\n" + value))
-                continue
+                pass
+        if key == "body" and isinstance(value, str):
+            lines.append("body: " + (value if "\n" not in value else "\n" + value))
+            continue
         text = json.dumps(value, indent=2, ensure_ascii=False)
         lines.append(f"{key}: {text}")
     return "\n".join(lines)
