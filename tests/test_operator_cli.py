@@ -245,3 +245,20 @@ def test_no_control_character_reaches_the_terminal_raw(router: RouterServer, his
     dead = listed(outputs["dead-letters list --json"])
     assert any(ESCAPE in d["reason"] for d in dead)  # the JSON still decodes to the real text
     assert "\\x1b" in outputs["error message"].stderr and "\\x1b" in outputs["click's own error"].stderr
+
+
+def test_store_commands_survive_a_broken_rule_but_not_a_broken_store_setting(router: RouterServer,
+                                                                             history: dict[str, str],
+                                                                             tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(router.rules_path.read_text().replace("actions: [ok]", "actions: [no-such-action]")
+                      .replace("settings:\n", f"settings:\n  store: {router.store_path}\n", 1))
+    assert cli("validate", broken).code == 1
+    rows = listed(cli("events", "list", broken, "--json", "--provider", "other"))
+    assert [r["event_id"] for r in rows] == [history["other"]]
+
+    unset = tmp_path / "unset.yaml"
+    unset.write_text("version: 1\nsettings:\n  store: ${NO_SUCH_STORE_VAR}\nproviders: {}\nrules: []\n")
+    result = cli("events", "list", unset)
+    assert result.code == 1, result
+    assert "unset.yaml:3:10: settings.store: environment variable 'NO_SUCH_STORE_VAR' is not set" in result.stderr

@@ -194,3 +194,14 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     # verify exits 0 even for settings it ignores; any complaint about this unit is a failure
     complaints = [ln for ln in (result.stdout + result.stderr).splitlines() if "router.service" in ln]
     assert not complaints, complaints
+
+
+def test_serve_logs_the_rules_files_warnings(tmp_path: Path, home: dict[str, str]) -> None:
+    from support import json_lines
+
+    text = RULES.replace("actions:\n", "actions:\n  spare: {type: file, path: \"y.jsonl\"}\n")
+    with ServedRouter(tmp_path / "warned", text, env=home, workers=1) as server:
+        assert server.get("/healthz").status_code == 200
+    lines = [line for line in json_lines(server.stderr_path.read_text()) if line.get("msg") == "rules file warning"]
+    assert len(lines) == 1, server.log_text()[-2000:]
+    assert lines[0]["level"] == "warning" and "action 'spare' is not used by any rule" in lines[0]["problem"]

@@ -31,13 +31,11 @@ OPEN = None  # a path the schema cannot rule out
 
 
 def lint(ctx: Ctx, config: Config) -> list[Problem]:
-    warnings: list[Problem] = []
+    warnings: dict[Problem, None] = {}  # in order, each once
 
     def warn(path: PathT, message: str, at_key: bool = False) -> None:
         line, col = ctx.mark(path, at_key)
-        problem = Problem(ctx.source.filename, line, col, fmt_path(path), "warning: " + ctx.redactor(message))
-        if problem not in warnings:
-            warnings.append(problem)
+        warnings[Problem(ctx.source.filename, line, col, fmt_path(path), "warning: " + ctx.redactor(message))] = None
 
     schemas = {name: _schema_of(spec) for name, spec in config.providers.items()}
     root = ctx.source.data if isinstance(ctx.source.data, dict) else {}

@@ -102,6 +102,8 @@ def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: in
     os.environ["ROUTER_DELIVERY"] = "on" if delivery else "off"
     config = load(rules)
     logs.setup(config.redactor)
+    for warning in config.warnings:  # what `router validate` warns about, once, from the master
+        logs.warning("rules file warning", problem=str(warning))
     metrics.init(config.settings.store)  # the master counts reloads; workers inherit the folder
     options = {
         "bind": bind,
