@@ -183,3 +183,25 @@ def test_the_trace_agrees_with_the_services_matching(payload) -> None:
             assert trace.matched == rule.condition(view), rule.name
             if trace.condition is not None:
                 assert trace.condition.holds == rule.condition(view), rule.name
+
+
+def test_a_value_from_the_environment_is_not_shown(tmp_path: Path) -> None:
+    rules = tmp_path / "env.yaml"
+    rules.write_text("""\
+version: 1
+providers:
+  p: {type: none}
+actions:
+  a: {type: file, path: "x.jsonl"}
+rules:
+  - name: by-token
+    when: {$query.key: "${EXPECTED_KEY}", kind: {eq: "${EXPECTED_KIND}"}}
+    actions: [a]
+""")
+    env = {"EXPECTED_KEY": "env-only-value-5f1c", "EXPECTED_KIND": "env-only-kind-77aa"}
+    for extra in ((), ("--json",)):
+        result = run_cli("test", rules, "--provider", "p", "--query", "key=guess", "--explain", *extra,
+                         input='{"kind": "guess"}', env=env)
+        assert result.code == 0, result
+        assert "env-only" not in result.output, result
+        assert "${EXPECTED_KEY}" in result.output and "${EXPECTED_KIND}" in result.output, result

@@ -309,7 +309,8 @@ def _compile_matcher(ctx: Ctx, node: Any, path: PathT) -> Matcher | None:
         def equal(values: list[Any]) -> bool:
             return any(json_equal(v, expected) for v in values)
 
-        return equal, (frozenset([key]) if key else None), (lambda values: [] if equal(values) else [("eq", expected)])
+        # a trace names the value as written (`${VAR}` unexpanded): what came from the environment is not shown
+        return equal, (frozenset([key]) if key else None), (lambda values: [] if equal(values) else [("eq", node)])
 
     positives: list[Callable[[Any], bool]] = []
     negatives: list[Callable[[Any], bool]] = []  # a value for which this is true breaks the matcher
