@@ -354,6 +354,9 @@ def test_show_event_and_list_dead(store: Store) -> None:
     assert (delivery["job_id"], delivery["state"], delivery["attempts"], delivery["last_status"]) == (job_id, "dead", 1, 404)
     assert [h["status"] for h in delivery["history"]] == [404]
     assert store.show_event("evt_nope") is None
+    job = store.job(job_id)
+    assert job is not None and (job.state, job.attempts, job.last_status) == ("dead", 1, 404)
+    assert store.job(job_id + 1000) is None
     (dead,) = store.list_dead(action=None, limit=10)
     assert (dead["job_id"], dead["action"], dead["reason"], dead["status"]) == (job_id, "a1", "HTTP 404", 404)
     assert store.list_dead(action="a2", limit=10) == []

@@ -147,21 +147,15 @@ def open_request(url: str, path: str, head_body: bytes, total_length: int, *,
     return sock
 
 
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+def read_response(sock: socket.socket) -> tuple[int | None, dict[str, str], bytes]:
+    """Read until the server closes; the answer's status (None if there was none), headers and body."""
     data = b""
     while True:
-        chunk = sock.recv(65536)
-        if not chunk:
+        piece = sock.recv(65536)
+        if not piece:
             break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1]) if lines and lines[0].startswith("HTTP/") else 0
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return status, headers, body
+        data += piece
+    return _parse_response(data)
 
 
 def _server_side_inode(client: socket.socket) -> str | None:
