@@ -497,3 +497,41 @@ def test_one_failing_event_does_not_spoil_the_others_committed_with_it(store: St
     assert answers.count("failed") == 1 and answers[15] == "failed"
     assert all(store.event(e.id) is not None for e in batch)
     assert store.counts()["events"] == 31
+
+
+def test_a_host_with_a_wrong_clock_still_agrees_with_the_others(pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Due times, leases and retries are on the database's clock: a host an hour ahead neither claims
+    early nor makes its retries wait an hour longer."""
+    import router.store.postgres as pg
+
+    skew = 3600.0
+    real = time.time
+
+    class Skewed:
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def time() -> float:
+            return real() + skew
+
+    monkeypatch.setattr(pg, "time", Skewed)
+    ahead, honest = open_store(pg_database), open_store(pg_database)
+    try:
+        e = event(ts=real() + skew)  # stamped by the host that is an hour ahead
+        ahead.ingest(e)
+        assert ahead.ingest(event(jobs=[], dedupe_key="k", window=60, ts=real() + skew)).duplicate is False
+        assert ahead.ingest(event(jobs=[], dedupe_key="k", window=60, ts=real() + skew)).duplicate is True
+        (job,) = honest.claim("B", 5, {"a1": 30}, {})  # due now for every host
+        at = real() + skew
+        retry = Outcome(job.id, "B", job.action, job.attempts, Verdict.RETRY, at, next_ts=at + 0.5, status=503,
+                        error="HTTP 503", retryable=True)
+        assert ahead.finish([retry]) == 1  # the outcome is written by the host that is ahead
+        assert honest.claim("B", 5, {"a1": 30}, {}) == []
+        (again,) = wait_until(lambda: honest.claim("B", 5, {"a1": 30}, {}), timeout=10,
+                              what="the retry to be due half a second later, not an hour")
+        assert again.attempts == 2
+        history = honest.attempts(job.id)
+        assert abs(history[0].at_ts - honest.clock()) < 60  # recorded on the database's clock
+    finally:
+        ahead.close()
+        honest.close()
