@@ -121,7 +121,8 @@ def test_cmd(rules: str, payload: str, provider_name: str, headers: tuple[str, .
     query_map = _pairs(query, "=", "--query")
 
     try:
-        data = payloads.parse_body(body)
+        data = payloads.parse_payload(body, header_map.get("content-type"), forms=spec.impl.form_bodies,
+                                      json_fields=spec.impl.form_json_fields)
         payloads.validate(spec.validator, data)
     except SchemaError as exc:
         click.echo(f"payload invalid for provider '{provider_name}' (HTTP 422):", err=True)
@@ -131,7 +132,7 @@ def test_cmd(rules: str, payload: str, provider_name: str, headers: tuple[str, .
     except RequestError as exc:
         raise Invalid(f"payload invalid for provider '{provider_name}' (HTTP {exc.status}): {exc.message}") from None
 
-    view = EventView(data, header_map, query_map, provider_name)
+    view = EventView(data, header_map, query_map, provider_name, spec.impl.event_type(header_map, data))
     matched = config.router.match(view)
     received = now_ts()
     event_id = new_event_id(received)
@@ -140,7 +141,8 @@ def test_cmd(rules: str, payload: str, provider_name: str, headers: tuple[str, .
         for action_name in rule.actions:
             action = config.actions[action_name]
             delivery = Delivery(event_id, provider_name, rule.name, action_name, 1, iso_utc(received),
-                                header_map, query_map, body, header_map.get("content-type", "application/json"))
+                                header_map, query_map, body, header_map.get("content-type", "application/json"),
+                                source=spec.impl)
             try:
                 rendered = action.impl.preview(delivery)
                 entry = {"rule": rule.name, "action": action_name, "type": action.type, "rendered": rendered}
@@ -359,8 +361,12 @@ def backup(rules: str, destination: str) -> None:
 @click.option("--private-key", type=click.Path(dir_okay=False, exists=True), default=None,
               help="PEM P-256 private key, to sign as an ES256 (Panjaya) provider.")
 @click.option("--curl", "curl_url", default=None, metavar="URL", help="Print a curl command for this URL.")
+@click.option("--timestamp", type=click.IntRange(0), default=None, metavar="UNIX",
+              help="The time to sign, in Unix seconds (default now), for the types that sign one "
+                   "(stripe, slack, standard-webhooks).")
 @click.argument("payload", type=click.Path(dir_okay=False, allow_dash=True))
-def sign(rules: str, provider_name: str, private_key: str | None, curl_url: str | None, payload: str) -> None:
+def sign(rules: str, provider_name: str, private_key: str | None, curl_url: str | None, timestamp: int | None,
+         payload: str) -> None:
     """Print the headers PROVIDER would send with PAYLOAD, to test locally with curl."""
     import shlex
 
@@ -372,12 +378,14 @@ def sign(rules: str, provider_name: str, private_key: str | None, curl_url: str 
     body = sys.stdin.buffer.read() if payload == "-" else Path(payload).read_bytes()
     key = Path(private_key).read_bytes() if private_key else None
     try:
-        headers = spec.impl.sign(body, key)
+        headers = spec.impl.sign(body, key, timestamp=timestamp)
     except (ValueError, TypeError) as exc:
         raise Invalid(str(exc)) from None
     headers = {"Content-Type": "application/json", **headers}
+    query = spec.impl.sign_query(body)  # what the provider adds to its URL (Twilio's bodySHA256)
     if curl_url:
-        parts = ["curl", "-sS", "-X", "POST", curl_url]
+        url = curl_url + ("&" if "?" in curl_url else "?") + query if query else curl_url
+        parts = ["curl", "-sS", "-X", "POST", url]
         for k, v in headers.items():
             parts += ["-H", f"{k}: {v}"]
         parts += ["--data-binary", f"@{payload}"]
@@ -385,6 +393,8 @@ def sign(rules: str, provider_name: str, private_key: str | None, curl_url: str 
     else:
         for k, v in headers.items():
             click.echo(f"{k}: {v}")
+        if query:
+            click.echo(f"# add to the URL's query string: {query}", err=True)
     if spec.token is not None:
         click.echo("# this provider also needs its token: ?token=... or X-Router-Token (not printed)", err=True)
 

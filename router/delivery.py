@@ -51,9 +51,10 @@ def decide(job: Job, spec: ActionSpec, error: DeliveryError, now: float, rng: ra
     )
 
 
-def delivery_for(job: Job) -> Delivery:
+def delivery_for(job: Job, config: Config | None = None) -> Delivery:
     e = job.event
     assert e is not None
+    spec = config.providers.get(e.provider) if config is not None else None
     return Delivery(
         event_id=job.event_id,
         provider=e.provider,
@@ -65,6 +66,7 @@ def delivery_for(job: Job) -> Delivery:
         query=e.query,
         body=e.body,
         content_type=e.content_type,
+        source=spec.impl if spec is not None else None,
     )
 
 
@@ -213,7 +215,7 @@ class Deliverer:
             error = DeliveryError("the event is no longer in the store", retryable=False)
             return self._failed(job, spec, error, started)
         try:
-            status = spec.impl.deliver(delivery_for(job))
+            status = spec.impl.deliver(delivery_for(job, config))
         except DeliveryError as failed:
             return self._failed(job, spec, failed, started)
         except UnicodeError as exc:  # the same bytes fail the same way every time

@@ -21,7 +21,7 @@ from werkzeug.wsgi import get_input_stream
 
 from router import logs, metrics
 from router.errors import RequestError, SchemaError, StoreUnavailable
-from router.pipeline.ingest import Incoming, accept
+from router.pipeline.ingest import Handshake, Incoming, accept
 from router.web.state import RouterState
 
 READ_CHUNK = 64 * 1024
@@ -190,10 +190,14 @@ class HookEndpoint:
             query=query_args(environ),
             remote_addr=environ.get("REMOTE_ADDR"),
             content_type=environ.get("CONTENT_TYPE"),
+            query_string=environ.get("QUERY_STRING", ""),
         )
         try:
             accepted = accept(config, spec, incoming)
             result = state.store.ingest(accepted.event)
+        except Handshake as hs:  # authentic, and answered without being stored (Slack's URL verification)
+            logs.info("handshake answered", provider=provider_name, status=200)
+            return 200, hs.answer, []
         except SchemaError as exc:
             metrics.event(provider_name, "schema_invalid")
             logs.info("event refused", provider=provider_name, outcome="schema_invalid", status=422,
