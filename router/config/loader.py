@@ -256,6 +256,9 @@ DEDUPE_OFF = "off"  # `dedupe: off` (YAML reads a bare off as false): not even t
 def _as_dedupe(ctx: Ctx, value: Any, path: PathT) -> Dedupe | str | None:
     if value is False or value == DEDUPE_OFF:
         return DEDUPE_OFF
+    if value is not None and not isinstance(value, dict):
+        ctx.error(path, f"dedupe must be a mapping with 'key' and 'window', or off; not {kind(value)}")
+        return None
     node = check_mapping(ctx, value, path, "dedupe")
     if node is None:
         return None
