@@ -351,3 +351,21 @@ def test_standard_webhooks_unpadded_secret_as_the_library_accepts() -> None:
     key = base64.b64encode(b"k" * 20).decode().rstrip("=")
     sw = provider(f"{{type: standard-webhooks, secret: whsec_{key}}}")
     assert sw.keys == [b"k" * 20]
+
+
+def test_readme_preset_snippets_validate() -> None:
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
+    section = readme.split("### Presets: GitHub", 1)[1].split("\n## ", 1)[0]
+    snippets = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(snippets) == 6
+    for text in snippets:
+        doc = yaml.safe_load(text)
+        names = {a for rule in doc["rules"] for a in rule["actions"]}
+        doc["actions"] = {name: {"type": "file", "path": f"{name}.jsonl"} for name in names}
+        env = {name: "whsec_" + base64.b64encode(b"k" * 24).decode() for name in re.findall(r"\$\{(\w+)\}", text)}
+        config = loads(yaml.safe_dump(doc), env=env)
+        assert {spec.type for spec in config.providers.values()} <= set(PRESET_ENTRIES)
