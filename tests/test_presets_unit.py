@@ -200,6 +200,8 @@ def test_tolerance_is_a_duration_defaulting_to_five_minutes() -> None:
     assert provider("{type: stripe, secret: whsec_s, tolerance: 10m}").tolerance == 600.0
     with pytest.raises(ConfigError, match="expected a duration"):
         provider("{type: slack, signing_secret: s, tolerance: soon}")
+    with pytest.raises(ConfigError, match="at least 1s"):
+        provider(f"{{type: standard-webhooks, secret: {SW_NEW}, tolerance: 0}}")
 
 
 @pytest.mark.parametrize(("entry", "message"), [

@@ -12,12 +12,23 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from router.config.fields import Field, as_duration
+from router.config.fields import Ctx, Field, as_duration
+from router.config.source import PathT
 from router.errors import AuthError
 
 DEFAULT_TOLERANCE = 300.0  # seconds; the 5 minutes every one of these providers documents
 
-TOLERANCE = Field(as_duration, default=DEFAULT_TOLERANCE)
+
+
+def as_tolerance(ctx: Ctx, value: Any, path: PathT) -> float | None:
+    seconds = as_duration(ctx, value, path)
+    if seconds is not None and seconds < 1:
+        ctx.error(path, "tolerance must be at least 1s (clocks and networks are never exact)")
+        return None
+    return seconds
+
+
+TOLERANCE = Field(as_tolerance, default=DEFAULT_TOLERANCE)
 
 _UNIX_SECONDS = re.compile(r"^[0-9]{1,12}$")
 

@@ -48,9 +48,7 @@ class StripeProvider(Timestamped, Provider):
         timestamps: list[str] = []
         signatures: list[bytes] = []
         for item in value.split(","):
-            key, sep, val = item.strip().partition("=")
-            if not sep:
-                raise AuthError("Stripe-Signature is not a list of key=value pairs")
+            key, _, val = item.strip().partition("=")
             if key == "t":
                 timestamps.append(val.strip())
             elif key == "v1":
