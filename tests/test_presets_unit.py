@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import run_cli
-from presets_support import (
+from support import run_cli
+from support.presets import (
     FORM,
     SLACK_COMMAND,
     STRIPE_SECRET,

@@ -1,4 +1,4 @@
-"""Requests as each preset's provider sends them, signed the way its documentation says.
+"""Requests as each provider preset's sender makes them, signed the way its documentation says.
 
 The signing here is written from the providers' documents, independently of router/providers/;
 the tests also sign with the providers' official libraries, so a shared misreading would show.
