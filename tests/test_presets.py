@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import pytest
 import requests
-from support import Downstream, RouterServer, ServedRouter
+from support import Downstream, RouterServer, ServedRouter, assert_clean_log
 from support.presets import (
     FORM,
     GH_SECRET,
@@ -186,6 +186,11 @@ CASES: list[tuple[str, Callable[[], Req], Callable[[Req], Req], int]] = [
     ("twilio-json-valid", lambda: twilio_json(b'{"Body": "STOP"}'), lambda r: r, 200),
     ("twilio-json-body", lambda: twilio_json(b'{"Body": "STOP"}'), lambda r: r.with_body(b'{"Body": "GO"}'), 401),
     ("twilio-json-hash-wrong", lambda: twilio_json(b'{"Body": "STOP"}', body_hash="0" * 64), lambda r: r, 401),
+    ("twilio-too-many-query-fields", twilio, lambda r: Req(r.path, r.body, r.headers, "&".join(["a"] * 1500)), 401),
+    ("stripe-too-many-signatures", stripe, lambda r: r.with_header(
+        "Stripe-Signature", r.headers["Stripe-Signature"] + ",v1=00" * 40), 401),
+    ("sw-too-many-signatures", standard_webhooks, lambda r: r.with_header(
+        "webhook-signature", r.headers["webhook-signature"] + " v1,AAAA" * 40), 401),
     ("twilio-json-without-hash", lambda: twilio_json(b'{"Body": "STOP"}'), lambda r: Req(
         r.path, r.body, {**r.headers, "X-Twilio-Signature": twilio_sig(TWILIO_URL, {})}), 401),
 ]
@@ -417,3 +422,11 @@ def test_schema_still_applies(router: RouterServer) -> None:
     resp = send(router, stripe(body))
     assert resp.status_code == 422
     assert {"loc": ["body", "type"], "msg": "field required", "type": "missing"} in resp.json()["detail"]
+
+
+def test_zz_the_log_is_clean_and_holds_no_secret(router: RouterServer) -> None:
+    """Defined last, so it runs after every request above has been logged."""
+    assert_clean_log(router)
+    text = router.log_text()
+    for name, secret in PRESET_ENV.items():
+        assert secret.removeprefix("whsec_") not in text, name
