@@ -371,3 +371,21 @@ def test_readme_preset_snippets_validate() -> None:
         env = {name: "whsec_" + base64.b64encode(b"k" * 24).decode() for name in re.findall(r"\$\{(\w+)\}", text)}
         config = loads(yaml.safe_dump(doc), env=env)
         assert {spec.type for spec in config.providers.values()} <= set(PRESET_ENTRIES)
+
+
+def test_event_path_in_rules() -> None:
+    from router.pipeline.conditions import EventView
+
+    config = loads(
+        "providers:\n  gh: {type: github, secret: s}\n  plain: {type: none}\n"
+        "actions:\n  log: {type: file, path: log.jsonl}\n"
+        "rules:\n"
+        + "".join(f"  - {{name: r{i}, provider: gh, when: {{$event: e{i}}}, actions: [log]}}\n" for i in range(8))
+        + "  - {name: untyped, when: {$event: {exists: false}}, actions: [log]}\n",
+        env={},
+    )
+    assert [r.name for r in config.router.match(EventView({}, {}, {}, "gh", "e5"))] == ["r5"]  # through the index
+    assert [r.name for r in config.router.match(EventView({}, {}, {}, "plain"))] == ["untyped"]
+    with pytest.raises(ConfigError, match=r"unknown path '\$evnt' \(did you mean '\$event'\?\)"):
+        loads("providers:\n  gh: {type: github, secret: s}\nactions:\n  log: {type: file, path: l}\n"
+              "rules:\n  - {name: r, when: {$evnt: push}, actions: [log]}\n", env={})
