@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import pytest
 import requests
-from support import Downstream, RouterServer, ServedRouter, assert_clean_log
+from support import Downstream, RouterServer, ServedRouter, assert_clean_log, scrape, wait_until
 from support.presets import (
     FORM,
     GH_SECRET,
@@ -287,10 +287,13 @@ def test_slack_url_verification_is_answered_and_not_stored(router: RouterServer)
     challenge = "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P-" + uid()
     body = json.dumps({"token": "x", "challenge": challenge, "type": "url_verification"}).encode()
     events = router.event_count()
+    handshakes = scrape(router.url).value("router_events_received_total", provider="sl", outcome="handshake")
     resp = send(router, slack(body))
     assert resp.status_code == 200
     assert resp.json() == {"challenge": challenge}
     assert router.event_count() == events
+    wait_until(lambda: scrape(router.url).value("router_events_received_total", provider="sl",
+                                                outcome="handshake") == handshakes + 1, what="the handshake counted")
 
     forged = send(router, slack(body, secret="not-the-signing-secret"))
     assert forged.status_code == 401

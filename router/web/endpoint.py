@@ -196,7 +196,8 @@ class HookEndpoint:
             accepted = accept(config, spec, incoming)
             result = state.store.ingest(accepted.event)
         except Handshake as hs:  # authentic, and answered without being stored (Slack's URL verification)
-            logs.info("handshake answered", provider=provider_name, status=200)
+            metrics.event(provider_name, "handshake")
+            logs.info("handshake answered", provider=provider_name, outcome="handshake", status=200)
             return 200, hs.answer, []
         except SchemaError as exc:
             metrics.event(provider_name, "schema_invalid")
