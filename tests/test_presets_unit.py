@@ -345,7 +345,10 @@ def test_every_preset_has_a_bundled_schema_and_a_readme_row() -> None:
     for type_name in PRESET_ENTRIES:
         cls = PROVIDER_TYPES[type_name]
         assert cls.bundled_schema and (root / "schemas" / cls.bundled_schema).is_file()
-        assert f"| `{type_name}` |" in readme
+        table = readme.split("### Providers", 1)[1].split("Options every provider takes", 1)[0]
+        [row] = [line for line in table.splitlines() if line.startswith(f"| `{type_name}` |")]
+        for option in cls.options:  # every option the loader knows is documented in the row
+            assert f"`{option}`" in row, (type_name, option)
         assert f"type: {type_name}" in readme  # a rules snippet
 
 
