@@ -80,16 +80,16 @@ class Timestamped:
     tolerance: float = DEFAULT_TOLERANCE
     clock: Callable[[], float] = staticmethod(time.time)
 
-    def check_timestamp(self, value: str | None, what: str) -> int:
-        if value is None or not value.strip():
+    def check_timestamp(self, value: str | None, what: str) -> str:
+        """The timestamp's text as sent (what the provider signed), once it is within the tolerance."""
+        text = (value or "").strip()
+        if not text:
             raise AuthError(f"missing {what}")
-        text = value.strip()
         if not _UNIX_SECONDS.match(text):
             raise AuthError(f"{what} is not a Unix time in seconds")
-        ts = int(text)
-        if abs(self.clock() - ts) > self.tolerance:
+        if abs(self.clock() - int(text)) > self.tolerance:
             raise AuthError(f"{what} is outside the tolerance of {self.tolerance:g}s")
-        return ts
+        return text
 
     def timestamp_for_signing(self, timestamp: int | None) -> int:
         return int(self.clock()) if timestamp is None else int(timestamp)

@@ -52,7 +52,7 @@ class SlackProvider(Timestamped, Provider):
         given = from_hex(value[len(VERSION) + 1:])
         if given is None:
             raise AuthError("X-Slack-Signature is not hexadecimal")
-        timestamp = str(self.check_timestamp(headers.get("x-slack-request-timestamp"), "X-Slack-Request-Timestamp"))
+        timestamp = self.check_timestamp(headers.get("x-slack-request-timestamp"), "X-Slack-Request-Timestamp")
         if not any_matches(self.expected(timestamp, body), [given]):
             raise AuthError("X-Slack-Signature does not match the body")
 

@@ -92,8 +92,7 @@ class StandardWebhooksProvider(Timestamped, Provider):
             raise AuthError("missing webhook-id header")
         if not signature or not signature.strip():
             raise AuthError("missing webhook-signature header")
-        self.check_timestamp(timestamp, "webhook-timestamp")
-        assert timestamp is not None
+        timestamp = self.check_timestamp(timestamp, "webhook-timestamp")
         given: list[bytes] = []
         items = signature.split()
         if len(items) > MAX_SIGNATURES:
@@ -106,7 +105,7 @@ class StandardWebhooksProvider(Timestamped, Provider):
                     given.append(decoded)
         if not given:
             raise AuthError("webhook-signature has no v1 signature")
-        content = self.signed_content(msg_id, timestamp.strip(), body)
+        content = self.signed_content(msg_id, timestamp, body)
         if not any(any_matches(hmac_sha256(key, content), given) for key in self.keys):
             raise AuthError("no webhook-signature matches the body")
 

@@ -61,8 +61,8 @@ class StripeProvider(Timestamped, Provider):
             raise AuthError("Stripe-Signature has no v1 signature")
         if len(signatures) > MAX_SIGNATURES:
             raise AuthError("Stripe-Signature has too many signatures")
-        self.check_timestamp(timestamps[0], "Stripe-Signature timestamp")
-        if not any_matches(self.expected(timestamps[0], body), signatures):
+        timestamp = self.check_timestamp(timestamps[0], "Stripe-Signature timestamp")
+        if not any_matches(self.expected(timestamp, body), signatures):
             raise AuthError("no Stripe-Signature v1 matches the body")
 
     def event_type(self, headers: Mapping[str, str], payload: Any) -> str | None:
