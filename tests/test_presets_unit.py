@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import run_cli
 from support.presets import (
     FORM,
@@ -392,3 +394,40 @@ def test_event_path_in_rules() -> None:
     with pytest.raises(ConfigError, match=r"unknown path '\$evnt' \(did you mean '\$event'\?\)"):
         loads("providers:\n  gh: {type: github, secret: s}\nactions:\n  log: {type: file, path: l}\n"
               "rules:\n  - {name: r, when: {$evnt: push}, actions: [log]}\n", env={})
+
+
+# --------------------------------------------------------------------------- properties
+
+_FORM_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_FORM_TEXT, _FORM_TEXT, max_size=8))
+def test_a_form_parses_back_to_what_was_encoded(fields: dict[str, str]) -> None:
+    from urllib.parse import urlencode
+
+    assert parse_form(urlencode(fields).encode()) == fields
+
+
+_SIGNED = {
+    "github": lambda p, b: (p.sign(b), ""),
+    "stripe": lambda p, b: (p.sign(b), ""),
+    "slack": lambda p, b: (p.sign(b), ""),
+    "standard-webhooks": lambda p, b: (p.sign(b), ""),
+    "shopify": lambda p, b: (p.sign(b), ""),
+    "twilio": lambda p, b: (p.sign(b), p.sign_query(b)),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(type_name=st.sampled_from(sorted(_SIGNED)), body=st.binary(min_size=1, max_size=64).map(lambda b: b"{" + b),
+       position=st.integers(min_value=0), flip=st.integers(min_value=1, max_value=255))
+def test_any_changed_byte_of_a_signed_body_is_refused(type_name: str, body: bytes, position: int, flip: int) -> None:
+    impl = provider(PRESET_ENTRIES[type_name])
+    headers, query = _SIGNED[type_name](impl, body)
+    headers = lower(headers)
+    impl.verify_request(body, headers, query)  # as signed: authentic
+    i = position % len(body)
+    changed = body[:i] + bytes([body[i] ^ flip]) + body[i + 1:]
+    with pytest.raises(AuthError):
+        impl.verify_request(changed, headers, query)
