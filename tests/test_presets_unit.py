@@ -376,6 +376,23 @@ def test_readme_preset_snippets_validate() -> None:
         env = {name: "whsec_" + base64.b64encode(b"k" * 24).decode() for name in re.findall(r"\$\{(\w+)\}", text)}
         config = loads(yaml.safe_dump(doc), env=env)
         assert {spec.type for spec in config.providers.values()} <= set(PRESET_ENTRIES)
+        assert config.warnings == [], [str(w) for w in config.warnings]  # `router validate` says nothing
+
+
+def test_validate_warns_about_a_misspelt_stripe_field_but_not_open_payloads() -> None:
+    config = loads(
+        "providers:\n  st: {type: stripe, secret: whsec_x}\n  gh: {type: github, secret: s}\n"
+        "  tw: {type: twilio, auth_token: t, url: 'https://example.com/sms'}\n"
+        "actions:\n  a: {type: file, path: 'x/{{ event_type }}.jsonl'}\n"
+        "rules:\n"
+        "  - {name: typo, provider: st, when: {typ: x}, actions: [a]}\n"
+        "  - {name: fine, provider: st, when: {data.object.amount: {gt: 1}}, actions: [a]}\n"
+        "  - {name: push, provider: gh, when: {ref: refs/heads/main, head_commit.message: {regex: x}}, actions: [a]}\n"
+        "  - {name: sms, provider: tw, when: {NumMedia: '1'}, actions: [a]}\n",
+        env={},
+    )
+    assert [w.path for w in config.warnings] == ["rules[0].when.typ"]
+    assert "did you mean 'type'?" in config.warnings[0].message
 
 
 def test_event_path_in_rules() -> None:
