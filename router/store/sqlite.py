@@ -35,11 +35,18 @@ from router.errors import StoreError, StoreUnavailable
 from router.model import IngestResult, Job, JobState, NewEvent, Outcome, StoredEvent, Verdict, iso_utc, now_ts
 from router.store.base import (
     AttemptRow,
+    Cursor,
+    DeadFilter,
+    DeadSummary,
     EventFilter,
+    EventSummary,
     JobRow,
+    Page,
     QueueGauges,
     attempt_view,
     dead_view,
+    json_literal,
+    json_path_steps,
     payload_view,
 )
 
@@ -334,6 +341,61 @@ def _dead_filter(action: str | None, since: float | None) -> tuple[str, list[Any
     if since is not None:
         where.append("updated_ts >= ?")
         args.append(since)
+    return " AND ".join(where), args
+
+
+def _sqlite_json_path(steps: list[str | int]) -> str:
+    return "$" + "".join(f"[{s}]" if isinstance(s, int) else '."' + s.replace('"', '""') + '"' for s in steps)
+
+
+def _event_match(filt: EventFilter) -> tuple[list[str], list[Any]]:
+    """The event filters no index answers (SQL terms over `events`, and their arguments)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if filt.provider:
+        where.append("provider = ?")
+        args.append(filt.provider)
+    if filt.rule:
+        # instr is a cheap first look; json_each makes it exact
+        where.append("instr(matched, ?) > 0 AND EXISTS (SELECT 1 FROM json_each(events.matched) WHERE value = ?)")
+        args += [json.dumps(filt.rule), filt.rule]
+    if filt.state:
+        where.append("EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id AND jobs.state = ?)")
+        args.append(filt.state)
+    if filt.text:
+        where.append("instr(body, ?) > 0")
+        args.append(filt.text.encode("utf-8"))
+    if filt.json_path:
+        path = _sqlite_json_path(json_path_steps(filt.json_path))
+        value = json_literal(filt.json_value or "")
+        doc = "CASE WHEN json_valid(CAST(body AS TEXT)) THEN CAST(body AS TEXT) END"
+        if isinstance(value, bool) or value is None:
+            where.append(f"json_type({doc}, ?) = ?")
+            args += [path, "null" if value is None else ("true" if value else "false")]
+        elif isinstance(value, (int, float)):
+            where.append(f"json_type({doc}, ?) IN ('integer', 'real') AND json_extract({doc}, ?) = ?")
+            args += [path, path, value]
+        else:
+            where.append(f"json_type({doc}, ?) = 'text' AND json_extract({doc}, ?) = ?")
+            args += [path, path, value]
+    return where, args
+
+
+def _dead_match(filt: DeadFilter) -> tuple[str, list[Any]]:
+    """Dead jobs `j` (LEFT JOIN events `e`) that `filt` takes."""
+    where: list[str] = ["j.state = 'dead'"]
+    args: list[Any] = []
+    for column, value in (("j.action", filt.action), ("j.rule", filt.rule), ("e.provider", filt.provider),
+                          ("j.event_id", filt.event_id)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if filt.since is not None:
+        where.append("j.updated_ts >= ?")
+        args.append(filt.since)
+    if filt.until is not None:
+        where.append("j.updated_ts < ?")
+        args.append(filt.until)
     return " AND ".join(where), args
 
 
@@ -805,6 +867,96 @@ class SqliteStore:
         conn = self._conn()
         return {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                 for table in ("events", "jobs", "attempts")}
+
+    # ------------------------------------------------------------------ the inspector's pages
+
+    @_translated
+    def browse_events(self, filt: EventFilter, after: Cursor | None = None, *, scan: int = 20000,
+                      body_limit: int = 16384) -> Page:
+        conn = self._conn()
+        span: list[str] = []  # what the received_ts index answers
+        span_args: list[Any] = []
+        if filt.since is not None:
+            span.append("received_ts >= ?")
+            span_args.append(filt.since)
+        if filt.until is not None:
+            span.append("received_ts < ?")
+            span_args.append(filt.until)
+        if after is not None:
+            span.append("received_ts <= ? AND (received_ts < ? OR id < ?)")
+            span_args += [after.ts, after.ts, after.key]
+        rest, rest_args = _event_match(filt)
+        boundary = None
+        if rest:
+            # bound the work: examine the `scan` newest events of the span, however rare the match
+            clause = ("WHERE " + " AND ".join(span)) if span else ""
+            boundary = conn.execute(
+                f"SELECT received_ts, id FROM events {clause} ORDER BY received_ts DESC, id DESC LIMIT 1 OFFSET ?",
+                (*span_args, scan - 1),
+            ).fetchone()
+            if boundary is not None:
+                span.append("received_ts >= ? AND (received_ts > ? OR id >= ?)")
+                span_args += [boundary[0], boundary[0], boundary[1]]
+        where = span + rest
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = conn.execute(
+            "SELECT id, received_at, received_ts, provider, matched, CASE WHEN length(body) <= ? THEN body END, headers"
+            f" FROM events {clause} ORDER BY received_ts DESC, id DESC LIMIT ?",
+            (body_limit, *span_args, *rest_args, filt.limit + 1),
+        ).fetchall()
+        more = len(rows) > filt.limit
+        rows = rows[: filt.limit]
+        out = []
+        for event_id, received_at, received_ts, provider, matched, body, headers in rows:
+            states = dict(conn.execute(
+                "SELECT state, count(*) FROM jobs WHERE event_id = ? GROUP BY state", (event_id,)).fetchall())
+            last = conn.execute(
+                "SELECT a.at_ts, a.status, a.error FROM jobs j JOIN attempts a ON a.job_id = j.id"
+                " WHERE j.event_id = ? ORDER BY a.at_ts DESC LIMIT 1", (event_id,)).fetchone()
+            last_at, last_status, last_error = last or (None, None, None)
+            out.append(EventSummary(event_id, received_at, received_ts, provider, json.loads(matched), states,
+                                    last_at, last_status, last_error, None if body is None else bytes(body),
+                                    json.loads(headers)))
+        if more:
+            return Page(out, Cursor(rows[-1][2], rows[-1][0]))
+        if boundary is not None:
+            return Page(out, Cursor(boundary[0], boundary[1]), exhausted=True, scanned=scan)
+        return Page(out, None)
+
+    @_translated
+    def browse_dead(self, filt: DeadFilter, after: Cursor | None = None) -> Page:
+        where, args = _dead_match(filt)
+        if after is not None:
+            where += " AND j.updated_ts <= ? AND (j.updated_ts < ? OR j.id < ?)"
+            args += [after.ts, after.ts, int(after.key) if after.key.isdigit() else 0]
+        rows = self._conn().execute(
+            "SELECT j.id, j.event_id, e.provider, j.rule, j.action, j.attempts, j.updated_ts, j.last_status,"
+            f" j.last_error FROM jobs j LEFT JOIN events e ON e.id = j.event_id WHERE {where}"
+            " ORDER BY j.updated_ts DESC, j.id DESC LIMIT ?", (*args, filt.limit + 1),
+        ).fetchall()
+        more = len(rows) > filt.limit
+        out = [DeadSummary(*r) for r in rows[: filt.limit]]
+        return Page(out, Cursor(out[-1].dead_ts, str(out[-1].job_id)) if more else None)
+
+    @_translated
+    def count_dead_matching(self, filt: DeadFilter) -> int:
+        where, args = _dead_match(filt)
+        return self._conn().execute(
+            f"SELECT count(*) FROM jobs j LEFT JOIN events e ON e.id = j.event_id WHERE {where}", args
+        ).fetchone()[0]
+
+    @_translated
+    def replay_dead_matching(self, filt: DeadFilter) -> int:
+        now = now_ts()
+        where, args = _dead_match(filt)
+        conn = self._conn()
+        with _transaction(conn, self.write_lock):
+            return conn.execute(
+                "UPDATE jobs SET state = 'pending', next_ts = ?, updated_ts = ?, lease_owner = NULL,"
+                " round_start = attempts WHERE id IN"
+                f" (SELECT j.id FROM jobs j LEFT JOIN events e ON e.id = j.event_id WHERE {where})",
+                (now, now, *args),
+            ).rowcount
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
