@@ -162,9 +162,10 @@ class DeadSummary:
 class Page:
     """A page of a newest-first listing. `next` is where the following page starts (None: the end).
 
-    A listing that filters on what no index holds examines at most `scan` rows per page, so a
-    page costs the same however rare the match: `exhausted` says the page ended because that
-    window ran out, not because the page filled (the rows beyond are still to be searched)."""
+    A listing that filters on what no index holds examines a bounded number of rows per page, so
+    a page costs about the same however rare the match: `exhausted` says the page ended because
+    that bound was reached, not because the page filled (the rows beyond are still to be
+    searched, from `next`); `scanned` is how many rows it examined."""
 
     rows: list[Any]
     next: Cursor | None
@@ -292,11 +293,12 @@ class Store(Protocol):
         ...
 
     # ---------------------------------------------------------------- the inspector's pages
-    def browse_events(self, filt: EventFilter, after: Cursor | None = None, *, scan: int = 20000,
-                      body_limit: int = 16384) -> Page:
+    def browse_events(self, filt: EventFilter, after: Cursor | None = None, *, scan: int = 100_000,
+                      budget: float = 0.05, body_limit: int = 16384) -> Page:
         """Events newest first (by received time, then id), strictly older than `after`, as
-        EventSummary rows. When `filt` needs more than the time index (provider, rule, state,
-        payload), at most `scan` events are examined (see Page)."""
+        EventSummary rows (with the body when at most `body_limit` bytes). When `filt` needs more
+        than the time index (provider, rule, state, payload), events are examined in windows of the
+        newest until the page is full, `scan` were examined, or `budget` seconds went by (see Page)."""
         ...
 
     def browse_dead(self, filt: DeadFilter, after: Cursor | None = None) -> Page:

@@ -24,9 +24,11 @@ import fcntl
 import functools
 import json
 import os
+import re
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -344,6 +346,10 @@ def _dead_filter(action: str | None, since: float | None) -> tuple[str, list[Any
     return " AND ".join(where), args
 
 
+_VERBATIM = re.compile(r"^[A-Za-z0-9 _.,:;@#%+=-]+$")
+_BROWSE_WINDOW = 2000  # events per window of a filtered listing
+
+
 def _sqlite_json_path(steps: list[str | int]) -> str:
     return "$" + "".join(f"[{s}]" if isinstance(s, int) else '."' + s.replace('"', '""') + '"' for s in steps)
 
@@ -368,6 +374,11 @@ def _event_match(filt: EventFilter) -> tuple[list[str], list[Any]]:
     if filt.json_path:
         path = _sqlite_json_path(json_path_steps(filt.json_path))
         value = json_literal(filt.json_value or "")
+        if isinstance(value, str) and _VERBATIM.match(value):
+            # such a string is in the raw bytes as it is (no JSON writer escapes these characters), so a
+            # byte search rules out most events before any JSON is parsed
+            where.append("instr(body, ?) > 0")
+            args.append(value.encode("ascii"))
         doc = "CASE WHEN json_valid(CAST(body AS TEXT)) THEN CAST(body AS TEXT) END"
         if isinstance(value, bool) or value is None:
             where.append(f"json_type({doc}, ?) = ?")
@@ -381,8 +392,9 @@ def _event_match(filt: EventFilter) -> tuple[list[str], list[Any]]:
     return where, args
 
 
-def _dead_match(filt: DeadFilter) -> tuple[str, list[Any]]:
-    """Dead jobs `j` (LEFT JOIN events `e`) that `filt` takes."""
+def _dead_match(filt: DeadFilter) -> tuple[str, str, list[Any]]:
+    """The dead jobs `j` that `filt` takes: (FROM clause, WHERE clause, arguments). Events are
+    joined (as `e`) only when the provider filter needs them."""
     where: list[str] = ["j.state = 'dead'"]
     args: list[Any] = []
     for column, value in (("j.action", filt.action), ("j.rule", filt.rule), ("e.provider", filt.provider),
@@ -396,7 +408,12 @@ def _dead_match(filt: DeadFilter) -> tuple[str, list[Any]]:
     if filt.until is not None:
         where.append("j.updated_ts < ?")
         args.append(filt.until)
-    return " AND ".join(where), args
+    source = "jobs j JOIN events e ON e.id = j.event_id" if filt.provider else "jobs j"
+    return source, " AND ".join(where), args
+
+
+def _where(terms: list[str]) -> str:
+    return ("WHERE " + " AND ".join(terms)) if terms else ""
 
 
 def _stored_event(row: Sequence[Any]) -> StoredEvent:
@@ -871,8 +888,8 @@ class SqliteStore:
     # ------------------------------------------------------------------ the inspector's pages
 
     @_translated
-    def browse_events(self, filt: EventFilter, after: Cursor | None = None, *, scan: int = 20000,
-                      body_limit: int = 16384) -> Page:
+    def browse_events(self, filt: EventFilter, after: Cursor | None = None, *, scan: int = 100_000,
+                      budget: float = 0.05, body_limit: int = 16384) -> Page:
         conn = self._conn()
         span: list[str] = []  # what the received_ts index answers
         span_args: list[Any] = []
@@ -882,30 +899,57 @@ class SqliteStore:
         if filt.until is not None:
             span.append("received_ts < ?")
             span_args.append(filt.until)
-        if after is not None:
-            span.append("received_ts <= ? AND (received_ts < ? OR id < ?)")
-            span_args += [after.ts, after.ts, after.key]
         rest, rest_args = _event_match(filt)
-        boundary = None
-        if rest:
-            # bound the work: examine the `scan` newest events of the span, however rare the match
-            clause = ("WHERE " + " AND ".join(span)) if span else ""
-            boundary = conn.execute(
-                f"SELECT received_ts, id FROM events {clause} ORDER BY received_ts DESC, id DESC LIMIT 1 OFFSET ?",
-                (*span_args, scan - 1),
-            ).fetchone()
+        columns = ("SELECT id, received_at, received_ts, provider, matched, CASE WHEN length(body) <= ? THEN body END,"
+                   " headers FROM events")
+        order = "ORDER BY received_ts DESC, id DESC"
+
+        def older(c: Cursor | None) -> tuple[list[str], list[Any]]:
+            if c is None:
+                return [], []
+            return ["received_ts <= ? AND (received_ts < ? OR id < ?)"], [c.ts, c.ts, c.key]
+
+        if not rest:  # the index alone: one walk, as long as the page
+            where, args = older(after)
+            clause = _where(span + where)
+            rows = conn.execute(f"{columns} {clause} {order} LIMIT ?",
+                                (body_limit, *span_args, *args, filt.limit + 1)).fetchall()
+            more = len(rows) > filt.limit
+            rows = rows[: filt.limit]
+            return Page(self._summaries(conn, rows), Cursor(rows[-1][2], rows[-1][0]) if more else None)
+
+        # a filter no index answers: examine windows of the newest events until the page is full,
+        # `scan` events were looked at, or `budget` seconds went by, however rare the match
+        started = time.monotonic()
+        found: list[Any] = []
+        examined = 0
+        position = after
+        while True:
+            window = max(1, min(_BROWSE_WINDOW, scan - examined))
+            where, args = older(position)
+            boundary = conn.execute(f"SELECT received_ts, id FROM events {_where(span + where)} {order} LIMIT 1 OFFSET ?",
+                                    (*span_args, *args, window - 1)).fetchone()
+            inside, inside_args = list(where), list(args)
             if boundary is not None:
-                span.append("received_ts >= ? AND (received_ts > ? OR id >= ?)")
-                span_args += [boundary[0], boundary[0], boundary[1]]
-        where = span + rest
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
-        rows = conn.execute(
-            "SELECT id, received_at, received_ts, provider, matched, CASE WHEN length(body) <= ? THEN body END, headers"
-            f" FROM events {clause} ORDER BY received_ts DESC, id DESC LIMIT ?",
-            (body_limit, *span_args, *rest_args, filt.limit + 1),
-        ).fetchall()
-        more = len(rows) > filt.limit
-        rows = rows[: filt.limit]
+                inside.append("received_ts >= ? AND (received_ts > ? OR id >= ?)")
+                inside_args += [boundary[0], boundary[0], boundary[1]]
+            need = filt.limit - len(found)
+            found += conn.execute(f"{columns} {_where(span + inside + rest)} {order} LIMIT ?",
+                                  (body_limit, *span_args, *inside_args, *rest_args, need + 1)).fetchall()
+            examined += window
+            if len(found) > filt.limit:
+                rows = found[: filt.limit]
+                return Page(self._summaries(conn, rows), Cursor(rows[-1][2], rows[-1][0]), scanned=examined)
+            if boundary is None:
+                return Page(self._summaries(conn, found), None, scanned=examined)
+            position = Cursor(boundary[0], boundary[1])
+            if len(found) == filt.limit:
+                return Page(self._summaries(conn, found), position, scanned=examined)
+            if examined >= scan or time.monotonic() - started >= budget:
+                return Page(self._summaries(conn, found), position, exhausted=True, scanned=examined)
+
+    @staticmethod
+    def _summaries(conn: sqlite3.Connection, rows: list[Any]) -> list[EventSummary]:
         out = []
         for event_id, received_at, received_ts, provider, matched, body, headers in rows:
             states = dict(conn.execute(
@@ -917,22 +961,20 @@ class SqliteStore:
             out.append(EventSummary(event_id, received_at, received_ts, provider, json.loads(matched), states,
                                     last_at, last_status, last_error, None if body is None else bytes(body),
                                     json.loads(headers)))
-        if more:
-            return Page(out, Cursor(rows[-1][2], rows[-1][0]))
-        if boundary is not None:
-            return Page(out, Cursor(boundary[0], boundary[1]), exhausted=True, scanned=scan)
-        return Page(out, None)
+        return out
 
     @_translated
     def browse_dead(self, filt: DeadFilter, after: Cursor | None = None) -> Page:
-        where, args = _dead_match(filt)
+        source, where, args = _dead_match(filt)
         if after is not None:
             where += " AND j.updated_ts <= ? AND (j.updated_ts < ? OR j.id < ?)"
             args += [after.ts, after.ts, int(after.key) if after.key.isdigit() else 0]
+        # the page first, then its events' providers: a join before the sort would touch every dead letter
         rows = self._conn().execute(
-            "SELECT j.id, j.event_id, e.provider, j.rule, j.action, j.attempts, j.updated_ts, j.last_status,"
-            f" j.last_error FROM jobs j LEFT JOIN events e ON e.id = j.event_id WHERE {where}"
-            " ORDER BY j.updated_ts DESC, j.id DESC LIMIT ?", (*args, filt.limit + 1),
+            "SELECT p.id, p.event_id, e.provider, p.rule, p.action, p.attempts, p.updated_ts, p.last_status,"
+            " p.last_error FROM (SELECT j.* FROM"
+            f" {source} WHERE {where} ORDER BY j.updated_ts DESC, j.id DESC LIMIT ?) p"
+            " LEFT JOIN events e ON e.id = p.event_id ORDER BY p.updated_ts DESC, p.id DESC", (*args, filt.limit + 1),
         ).fetchall()
         more = len(rows) > filt.limit
         out = [DeadSummary(*r) for r in rows[: filt.limit]]
@@ -940,21 +982,18 @@ class SqliteStore:
 
     @_translated
     def count_dead_matching(self, filt: DeadFilter) -> int:
-        where, args = _dead_match(filt)
-        return self._conn().execute(
-            f"SELECT count(*) FROM jobs j LEFT JOIN events e ON e.id = j.event_id WHERE {where}", args
-        ).fetchone()[0]
+        source, where, args = _dead_match(filt)
+        return self._conn().execute(f"SELECT count(*) FROM {source} WHERE {where}", args).fetchone()[0]
 
     @_translated
     def replay_dead_matching(self, filt: DeadFilter) -> int:
         now = now_ts()
-        where, args = _dead_match(filt)
+        source, where, args = _dead_match(filt)
         conn = self._conn()
         with _transaction(conn, self.write_lock):
             return conn.execute(
                 "UPDATE jobs SET state = 'pending', next_ts = ?, updated_ts = ?, lease_owner = NULL,"
-                " round_start = attempts WHERE id IN"
-                f" (SELECT j.id FROM jobs j LEFT JOIN events e ON e.id = j.event_id WHERE {where})",
+                f" round_start = attempts WHERE id IN (SELECT j.id FROM {source} WHERE {where})",
                 (now, now, *args),
             ).rowcount
 

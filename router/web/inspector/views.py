@@ -29,7 +29,7 @@ from router.web.inspector.auth import Guard, csrf_ok, csrf_token
 from router.web.state import RouterState
 
 PAGE_SIZES = (25, 50, 100, 200)
-SCAN_WINDOW = 20000  # events examined per page when a filter needs more than the time index
+SEARCH_BUDGET = 0.05  # seconds of searching per page when a filter needs more than the time index
 REFRESH_SECONDS = 5
 STATES = [s.value for s in JobState]
 _EVENT_ID = re.compile(r"^evt_[0-9a-f]{12,40}$")
@@ -145,7 +145,8 @@ def blueprint(state: RouterState) -> Blueprint:
         html = _env.get_template(template).render(
             url_for=url_for, csrf=csrf_token(current), request=request, states=STATES, iso=iso_utc,
             providers=sorted(state.config.providers), rules=[r.name for r in state.config.rules],
-            actions=sorted(state.config.actions), page_sizes=PAGE_SIZES, **context)
+            actions=sorted(state.config.actions), page_sizes=PAGE_SIZES, search_ms=int(SEARCH_BUDGET * 1000),
+            **context)
         return Response(html, status=status, content_type="text/html; charset=utf-8")
 
     @bp.before_request
@@ -201,12 +202,11 @@ def blueprint(state: RouterState) -> Blueprint:
     def event_rows() -> dict[str, Any]:
         filt, args = event_filter()
         after = Cursor.decode(request.args.get("cursor"))
-        page = state.store.browse_events(filt, after, scan=SCAN_WINDOW)
+        page = state.store.browse_events(filt, after, budget=SEARCH_BUDGET)
         config = state.config
         rows = [{"e": row, "type": _event_type(config, row)} for row in page.rows]
         next_url = url_for(".events", **args, cursor=page.next.encode()) if page.next else None
-        return {"rows": rows, "page": page, "args": args, "next_url": next_url, "first_page": after is None,
-                "scan_window": SCAN_WINDOW}
+        return {"rows": rows, "page": page, "args": args, "next_url": next_url, "first_page": after is None}
 
     @bp.get("/")
     def events() -> Response:
@@ -214,7 +214,7 @@ def blueprint(state: RouterState) -> Blueprint:
             context = event_rows()
         except BadFilter as exc:
             return render("events.html", 400, rows=[], page=None, args=dict(request.args), next_url=None,
-                          first_page=True, scan_window=SCAN_WINDOW, message=str(exc), refresh=0)
+                          first_page=True, message=str(exc), refresh=0)
         if request.args.get("fragment") == "rows":
             return render("_event_rows.html", **context)
         return render("events.html", refresh=REFRESH_SECONDS if context["first_page"] else 0, **context)
