@@ -96,7 +96,7 @@ def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: in
     options = {
         "bind": bind,
         "workers": workers or default_workers(),
-        "worker_class": "gthread",
+        "worker_class": "router.web.worker.RouterWorker",  # gthread that gives threads whole requests only
         "threads": threads,
         "timeout": timeout,
         "graceful_timeout": 30,
