@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import HttpServer, Recorded, Reply, RouterServer, sign_panjaya, wait_until
+from support import HttpServer, Recorded, Reply, RouterServer, sign_panjaya, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -113,7 +113,7 @@ def post_dubbing(router: RouterServer, panjaya_key: Any) -> Any:
 
 
 def _job_states(router: RouterServer, event_id: str) -> list[str]:
-    return [s for (s,) in router.query("SELECT state FROM jobs WHERE event_id = ? ORDER BY id", (event_id,))]
+    return [j.state for j in router.store().jobs(event_id=event_id)]
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,7 @@ def test_replay_a_dead_letter_and_watch_it_delivered(router: RouterServer, site:
 def test_replay_every_dead_letter_of_a_filter_after_a_confirmation(router: RouterServer, site: Site,
                                                                    post_dubbing: Any, page: Any,
                                                                    artifacts: Path) -> None:
-    first = router.query("SELECT count(*) FROM jobs WHERE state = 'dead'")[0][0]
+    first = len(router.store().jobs(state="dead"))
     ids = [post_dubbing({"event": "asset_failed", "asset_id": f"asset-bulk-{n}"}) for n in range(2)]
     wait_until(lambda: all(_job_states(router, i) == ["dead"] for i in ids), what="two more dead letters")
     dead = first + 2

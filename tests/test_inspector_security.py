@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import requests
-from helpers import RouterServer, run_cli
+from support import RouterServer, run_cli
 
 from router.config.loader import loads
 from router.errors import ConfigError
