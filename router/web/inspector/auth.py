@@ -20,6 +20,9 @@ import threading
 from router.config.settings import InspectorSettings
 
 _CACHE_SIZE = 32
+# scrypt takes 32 MiB and ~50 ms a try: a flood of wrong passwords waits its turn rather than
+# taking every thread and the memory with it
+_HASHING = threading.BoundedSemaphore(2)
 
 
 class Guard:
@@ -45,8 +48,11 @@ class Guard:
         with self._lock:
             if stamp in self._proved:
                 return True
-        if not user_ok or not hashed.verify(password):
+        if not user_ok:
             return False
+        with _HASHING:
+            if not hashed.verify(password):
+                return False
         with self._lock:
             self._proved[stamp] = None
             while len(self._proved) > _CACHE_SIZE:

@@ -48,6 +48,8 @@ SECURITY_HEADERS = {
 
 _env = Environment(loader=PackageLoader("router.web.inspector", "templates"), autoescape=True,
                    undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+# a value as JSON text, escaped by autoescaping like any other text (Jinja's tojson writes \u003c for <)
+_env.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False, default=str)
 
 
 class BadFilter(ValueError):
@@ -128,6 +130,29 @@ def rule_sources(config: Config) -> dict[str, str]:
         _rule_sources.clear()  # one config at a time: a reload makes a new one
         _rule_sources[key] = found
     return found
+
+
+def explanation(config: Config, provider: str, body: bytes, headers: dict[str, str], query: dict[str, str], *,
+                content_type: str | None = None, event_id: str | None = None,
+                received_at: str | None = None) -> dict[str, Any] | None:
+    """The explanation of `router test --explain` as plain data, or None where this build has none.
+
+    Every rule, matched or not, with the condition that failed and the value the event had;
+    `_why.html` renders it. Computed with the rules as they are now."""
+    try:
+        from router.pipeline.explain import explain  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # router test --explain (issue 15) brings it; until then the page shows less
+        return None
+    if provider not in config.providers:
+        return None
+    try:
+        found = explain(config, provider, body, headers, query, content_type=content_type, event_id=event_id,
+                        received_at=received_at)
+    except Exception as exc:  # an explanation must never cost the page
+        logs.warning("inspector: could not explain an event", error=f"{type(exc).__name__}: {exc}")
+        return None
+    result: dict[str, Any] = found.to_dict()
+    return result
 
 
 def blueprint(state: RouterState) -> Blueprint:
@@ -231,6 +256,10 @@ def blueprint(state: RouterState) -> Blueprint:
         sources = rule_sources(state.config)
         known = {r.name for r in state.config.rules}
         why = [{"rule": name, "when": sources.get(name), "known": name in known} for name in found["matched"]]
+        stored = state.store.event(found["event_id"])
+        explained = explanation(state.config, found["provider"], stored.body, found["headers"], found["query"],
+                                content_type=found["content_type"], event_id=found["event_id"],
+                                received_at=found["received_at"]) if stored is not None else None
         event_type = None
         spec = state.config.providers.get(found["provider"])
         if spec is not None:
@@ -239,7 +268,7 @@ def blueprint(state: RouterState) -> Blueprint:
             except Exception:
                 event_type = None
         return render("event.html", e=found, payload_text=payload_text, headers=headers, query=query, why=why,
-                      event_type=event_type, message=request.args.get("done"))
+                      explained=explained, event_type=event_type, message=request.args.get("done"))
 
     # ------------------------------------------------------------------ dead letters
 
@@ -318,7 +347,8 @@ def blueprint(state: RouterState) -> Blueprint:
         body_text = form.get("payload", "")
         headers_text = form.get("headers", "")
         context: dict[str, Any] = {"provider": provider, "payload": body_text, "headers_text": headers_text,
-                                   "result": None, "invalid": None, "sources": rule_sources(config)}
+                                   "result": None, "invalid": None, "sources": rule_sources(config),
+                                   "explained": None}
         if request.method == "GET":
             return render("try.html", **context)
         spec = config.providers.get(provider)
@@ -348,6 +378,7 @@ def blueprint(state: RouterState) -> Blueprint:
             return render("try.html", exc.status, **context)
         redact = config.redactor
         sources = context["sources"]
+        context["explained"] = explanation(config, spec.name, body, headers, {})
         context["result"] = {
             "matched": result.matched,
             "why": [{"rule": name, "when": sources.get(name), "known": True} for name in result.matched],
