@@ -48,11 +48,10 @@ class Guard:
         with self._lock:
             if stamp in self._proved:
                 return True
-        if not user_ok:
+        with _HASHING:  # hashed whatever the username, so the time taken does not tell a right one
+            verified = hashed.verify(password)
+        if not (verified and user_ok):
             return False
-        with _HASHING:
-            if not hashed.verify(password):
-                return False
         with self._lock:
             self._proved[stamp] = None
             while len(self._proved) > _CACHE_SIZE:
