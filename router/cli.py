@@ -106,7 +106,11 @@ def test_cmd(rules: str, payload: str, provider_name: str, headers: tuple[str, .
 
     Exit 0, or 1 when the payload is invalid or the matched rules are not exactly the --expect set.
     """
-    from router.pipeline.dryrun import dry_run
+    from router.actions.base import Delivery
+    from router.errors import DeliveryError
+    from router.model import iso_utc, new_event_id, now_ts
+    from router.pipeline import payload as payloads
+    from router.pipeline.conditions import EventView
 
     config = _load(rules)
     spec = config.providers.get(provider_name)
@@ -121,7 +125,8 @@ def test_cmd(rules: str, payload: str, provider_name: str, headers: tuple[str, .
     query_map = _pairs(query, "=", "--query")
 
     try:
-        result = dry_run(config, spec, body, header_map, query_map).to_dict()
+        data = payloads.parse_body(body)
+        payloads.validate(spec.validator, data)
     except SchemaError as exc:
         click.echo(f"payload invalid for provider '{provider_name}' (HTTP 422):", err=True)
         for d in exc.detail:
@@ -130,12 +135,29 @@ def test_cmd(rules: str, payload: str, provider_name: str, headers: tuple[str, .
     except RequestError as exc:
         raise Invalid(f"payload invalid for provider '{provider_name}' (HTTP {exc.status}): {exc.message}") from None
 
+    view = EventView(data, header_map, query_map, provider_name)
+    matched = config.router.match(view)
+    received = now_ts()
+    event_id = new_event_id(received)
+    result: dict[str, Any] = {"provider": provider_name, "matched": [r.name for r in matched], "actions": []}
+    for rule in matched:
+        for action_name in rule.actions:
+            action = config.actions[action_name]
+            delivery = Delivery(event_id, provider_name, rule.name, action_name, 1, iso_utc(received),
+                                header_map, query_map, body, header_map.get("content-type", "application/json"))
+            try:
+                rendered = action.impl.preview(delivery)
+                entry = {"rule": rule.name, "action": action_name, "type": action.type, "rendered": rendered}
+            except DeliveryError as exc:
+                entry = {"rule": rule.name, "action": action_name, "type": action.type, "error": exc.message}
+            result["actions"].append(entry)
+
     redact = config.redactor
     if as_json:
         click.echo(redact(json.dumps(result, indent=2, ensure_ascii=False)))
     else:
         click.echo(f"payload: valid for provider '{provider_name}' ({spec.type})")
-        click.echo(f"matched: {', '.join(result['matched']) or '(no rule)'}")
+        click.echo(f"matched: {', '.join(result['matched']) if matched else '(no rule)'}")
         for entry in result["actions"]:
             click.echo(f"- rule {entry['rule']} -> action {entry['action']} ({entry['type']})")
             if "error" in entry:

@@ -218,3 +218,14 @@ def test_the_hash_tool_prints_a_hash_that_verifies(scheme: str) -> None:
 ])
 def test_serve_knows_a_loopback_bind(bind: str, loopback: bool) -> None:
     assert _loopback(bind) is loopback
+
+
+@pytest.mark.parametrize(("bind", "warned"), [("0.0.0.0:8080", True), ("127.0.0.1:8080", False)])
+def test_serve_warns_when_the_inspector_is_on_without_loopback(bind: str, warned: bool, capfd) -> None:
+    from router.web.server import _warn_if_inspector_in_the_clear
+
+    config = loads(RULES, "rules.yaml", env={"INSPECTOR_PASSWORD": PASSWORD})
+    _warn_if_inspector_in_the_clear(config, bind)
+    err = capfd.readouterr().err
+    assert ("put TLS in front" in err) is warned
+    assert PASSWORD not in err

@@ -379,11 +379,15 @@ def blueprint(state: RouterState) -> Blueprint:
         redact = config.redactor
         sources = context["sources"]
         context["explained"] = explanation(config, spec.name, body, headers, {})
+        actions = result.actions
+        explained = context["explained"]
+        if explained is not None and explained.get("valid"):
+            actions = explained["actions"]  # what `router test` shows, from the same code
         context["result"] = {
             "matched": result.matched,
             "why": [{"rule": name, "when": sources.get(name), "known": True} for name in result.matched],
-            "actions": [{**a, "text": redact(_pretty(a["rendered"])) if "rendered" in a else None,
-                         "error": redact(a["error"]) if "error" in a else None} for a in result.actions],
+            "actions": [{**a, "text": redact(_pretty(a["rendered"])) if a.get("rendered") is not None else None,
+                         "error": redact(a["error"]) if a.get("error") else None} for a in actions],
         }
         return render("try.html", **context)
 
