@@ -200,7 +200,7 @@ def test_find_an_event_by_filter_open_it_and_see_its_attempts(router: RouterServ
     assert cells[0] == "1" and cells[1].startswith("20") and cells[2].endswith(" ms") and "400" in cells[3]
     assert "asset-fail-1" in page.locator("#payload").inner_text()
     assert "x-signature" not in page.locator("table.kv").inner_text().lower()  # a credential, never stored
-    assert "dub-failures" in page.locator("ul.why").inner_text()
+    assert "dub-failures" in page.locator("#rules").inner_text()
     shot(page, artifacts, "03-event-dead")
     assert page.csp_errors == []
 

@@ -95,6 +95,21 @@ def _pretty(value: Any) -> str:
     return str(value)
 
 
+def _preview_text(rendered: Any) -> str:
+    """An action's preview; a JSON body (or JSON line) shown as JSON, not as one escaped string."""
+    if isinstance(rendered, dict):
+        shown = {}
+        for key, value in rendered.items():
+            if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    pass
+            shown[key] = value
+        rendered = shown
+    return _pretty(rendered)
+
+
 def _event_type(config: Config, row: EventSummary) -> str | None:
     spec = config.providers.get(row.provider)
     if spec is None or row.body is None:
@@ -386,7 +401,7 @@ def blueprint(state: RouterState) -> Blueprint:
         context["result"] = {
             "matched": result.matched,
             "why": [{"rule": name, "when": sources.get(name), "known": True} for name in result.matched],
-            "actions": [{**a, "text": redact(_pretty(a["rendered"])) if a.get("rendered") is not None else None,
+            "actions": [{**a, "text": redact(_preview_text(a["rendered"])) if a.get("rendered") is not None else None,
                          "error": redact(a["error"]) if a.get("error") else None} for a in actions],
         }
         return render("try.html", **context)
