@@ -14,8 +14,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from router.config.inspector import InspectorSettings
 from router.config.loader import load, loads
-from router.config.settings import InspectorSettings
 from router.passwords import hash_password, parse
 from router.web.app import create_app
 from router.web.inspector.auth import Guard

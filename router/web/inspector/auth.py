@@ -17,7 +17,7 @@ import hmac
 import os
 import threading
 
-from router.config.settings import InspectorSettings
+from router.config.inspector import InspectorSettings
 
 _CACHE_SIZE = 32
 # scrypt takes 32 MiB and ~50 ms a try: a flood of wrong passwords waits its turn rather than

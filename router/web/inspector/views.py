@@ -20,8 +20,8 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from router import logs
 from router.config.fields import parse_duration
+from router.config.inspector import InspectorSettings
 from router.config.model import Config
-from router.config.settings import InspectorSettings
 from router.errors import RequestError, SchemaError
 from router.model import JobState, iso_utc
 from router.store.base import Cursor, DeadFilter, EventFilter, EventSummary, json_path_steps
