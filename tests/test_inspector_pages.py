@@ -236,3 +236,27 @@ def test_without_an_explanation_the_stored_match_and_its_condition_show(client: 
     html = client.get(f"/ui/events/{event_id}", headers=AUTH).get_data(as_text=True)
     assert "flagged" in html
     assert "matched because this held" in html or 'class="matched"' in html  # the explanation, once it lands
+
+
+class _Preset:
+    def event_type(self, headers: dict, payload: object) -> str | None:
+        return headers.get("x-github-event")
+
+
+@pytest.mark.parametrize(("type_name", "impl", "headers", "payload", "expected"), [
+    ("panjaya", object(), {}, {"event": "version_generated"}, "version_generated"),
+    ("namirial-oneshot", object(), {}, {"event_type": "video_id.completed"}, "video_id.completed"),
+    ("none", object(), {}, {"event": "x"}, None),
+    ("panjaya", object(), {}, {"event": True}, None),
+    ("panjaya", object(), {}, ["not", "an", "object"], None),
+    ("github", _Preset(), {"x-github-event": "push"}, {}, "push"),
+    ("github", _Preset(), {}, {}, None),
+])
+def test_the_event_type_where_the_provider_type_knows_it(type_name: str, impl: object, headers: dict,
+                                                         payload: object, expected: str | None) -> None:
+    from types import SimpleNamespace
+
+    from router.web.inspector.views import event_type_of
+
+    spec = SimpleNamespace(type=type_name, impl=impl)
+    assert event_type_of(spec, headers, payload) == expected  # type: ignore[arg-type]

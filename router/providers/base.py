@@ -13,7 +13,6 @@ class Provider:
     bundled_schema: ClassVar[str | None] = None  # a file in schemas/
     schema_required: ClassVar[bool] = False
     options: ClassVar[dict[str, Field]] = {}  # type-specific keys of the provider's entry
-    event_type_key: ClassVar[str | None] = None  # the payload's top-level key naming the event type, if any
 
     def __init__(self, name: str, options: dict[str, Any]):
         self.name = name
@@ -26,14 +25,6 @@ class Provider:
 
     def verify(self, body: bytes, headers: Mapping[str, str]) -> None:
         """Raise AuthError unless the raw body is authentic. `headers` keys are lower-case."""
-
-    def event_type(self, payload: Any, headers: Mapping[str, str]) -> str | None:
-        """The event's type as this provider names it (the inspector shows it), or None."""
-        if self.event_type_key is not None and isinstance(payload, dict):
-            value = payload.get(self.event_type_key)
-            if isinstance(value, (str, int)) and not isinstance(value, bool):
-                return str(value)
-        return None
 
     def sign(self, body: bytes, private_key: bytes | None = None) -> dict[str, str]:
         """The headers this provider would send with `body` (for `router sign`)."""

@@ -62,7 +62,6 @@ def _as_public_key_file(ctx: Ctx, value: Any, path: PathT) -> Any:
 class PanjayaProvider(Provider):
     type_name = "panjaya"
     bundled_schema = "panjaya.json"
-    event_type_key = "event"
     options = {"public_key": Field(_as_public_key), "public_key_file": Field(_as_public_key_file)}
 
     def __init__(self, name: str, options: dict[str, Any]):

@@ -14,7 +14,6 @@ class NamirialOneShotProvider(Provider):
 
     type_name = "namirial-oneshot"
     bundled_schema = "namirial-oneshot.json"
-    event_type_key = "event_type"
 
 
 class NoneProvider(Provider):

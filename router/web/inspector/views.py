@@ -21,7 +21,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from router import logs
 from router.config.fields import parse_duration
 from router.config.inspector import InspectorSettings
-from router.config.model import Config
+from router.config.model import Config, ProviderSpec
 from router.errors import RequestError, SchemaError
 from router.model import JobState, iso_utc
 from router.store.base import Cursor, DeadFilter, EventFilter, EventSummary, json_path_steps
@@ -110,6 +110,31 @@ def _preview_text(rendered: Any) -> str:
     return _pretty(rendered)
 
 
+# the bundled provider types whose payload names its event type at the top level
+_PAYLOAD_EVENT_KEYS = {"panjaya": "event", "namirial-oneshot": "event_type"}
+
+
+def event_type_of(spec: ProviderSpec | None, headers: dict[str, str], payload: Any) -> str | None:
+    """The event's type where the provider type knows it: its own `event_type(headers, payload)`
+    (the presets' `$event`), else the payload key the bundled types use; None when neither says."""
+    if spec is None:
+        return None
+    method = getattr(spec.impl, "event_type", None)
+    if callable(method):
+        try:
+            found = method(headers, payload)
+        except Exception:  # a provider's guess must not break the page
+            found = None
+        if found is not None:
+            return str(found)
+    key = _PAYLOAD_EVENT_KEYS.get(spec.type)
+    if key is not None and isinstance(payload, dict):
+        value = payload.get(key)
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+    return None
+
+
 def _event_type(config: Config, row: EventSummary) -> str | None:
     spec = config.providers.get(row.provider)
     if spec is None or row.body is None:
@@ -118,10 +143,7 @@ def _event_type(config: Config, row: EventSummary) -> str | None:
         payload = json.loads(row.body)
     except ValueError:
         return None
-    try:
-        return spec.impl.event_type(payload, row.headers)
-    except Exception:  # a provider's guess must not break the list
-        return None
+    return event_type_of(spec, row.headers, payload)
 
 
 _rule_sources: dict[int, dict[str, str]] = {}
@@ -275,13 +297,7 @@ def blueprint(state: RouterState) -> Blueprint:
         explained = explanation(state.config, found["provider"], stored.body, found["headers"], found["query"],
                                 content_type=found["content_type"], event_id=found["event_id"],
                                 received_at=found["received_at"]) if stored is not None else None
-        event_type = None
-        spec = state.config.providers.get(found["provider"])
-        if spec is not None:
-            try:
-                event_type = spec.impl.event_type(found["payload"], found["headers"])
-            except Exception:
-                event_type = None
+        event_type = event_type_of(state.config.providers.get(found["provider"]), found["headers"], found["payload"])
         return render("event.html", e=found, payload_text=payload_text, headers=headers, query=query, why=why,
                       explained=explained, event_type=event_type, message=request.args.get("done"))
 
