@@ -260,3 +260,19 @@ def test_the_event_type_where_the_provider_type_knows_it(type_name: str, impl: o
 
     spec = SimpleNamespace(type=type_name, impl=impl)
     assert event_type_of(spec, headers, payload) == expected  # type: ignore[arg-type]
+
+
+def test_a_csrf_token_holds_today_and_tomorrow_then_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    from router.secret import Secret
+    from router.web.inspector import auth
+
+    settings = InspectorSettings(password=Secret("pw"))
+    day = 20_000
+    monkeypatch.setattr(auth, "_today", lambda: day)
+    token = auth.csrf_token(settings)
+    assert auth.csrf_ok(settings, token)
+    monkeypatch.setattr(auth, "_today", lambda: day + 1)
+    assert auth.csrf_ok(settings, token) and auth.csrf_token(settings) != token
+    monkeypatch.setattr(auth, "_today", lambda: day + 2)
+    assert not auth.csrf_ok(settings, token)
+    assert not auth.csrf_ok(InspectorSettings(password=Secret("other")), auth.csrf_token(settings))

@@ -5,8 +5,9 @@ milliseconds by design, far beyond a page's budget, so once a request has proved
 this process remembers a keyed digest of what was sent (never the password) and later requests
 with the same credentials compare that digest instead.
 
-The CSRF token is derived from the credential (an HMAC keyed by it), so every worker process
-agrees on it without sharing state, and changing the password changes it.
+The CSRF token is derived from the credential and the UTC day (an HMAC keyed by the credential),
+so every worker process agrees on it without sharing state, changing the password changes it,
+and a token that leaks stops working within two days.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import hmac
 import os
 import threading
+import time
 
 from router.config.inspector import InspectorSettings
 
@@ -59,7 +61,7 @@ class Guard:
         return True
 
 
-def csrf_token(settings: InspectorSettings) -> str:
+def _csrf_for_day(settings: InspectorSettings, day: int) -> str:
     if settings.password is not None:
         material = settings.password.reveal().encode("utf-8")
     elif settings.password_hash is not None:
@@ -67,11 +69,24 @@ def csrf_token(settings: InspectorSettings) -> str:
     else:
         material = b""
     key = hashlib.sha256(b"router-inspector-csrf\0" + material).digest()
-    mac = hmac.new(key, b"csrf\0" + settings.username.encode("utf-8"), hashlib.sha256).digest()
+    mac = hmac.new(key, f"csrf\0{settings.username}\0{day}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
 
 
+def _today() -> int:
+    return int(time.time() // 86400)
+
+
+def csrf_token(settings: InspectorSettings) -> str:
+    """Today's token (UTC days): one that leaks stops working by the day after tomorrow."""
+    return _csrf_for_day(settings, _today())
+
+
 def csrf_ok(settings: InspectorSettings, sent: str | None) -> bool:
+    """Today's token, or yesterday's (a page loaded before midnight still submits after it)."""
     if not sent:
         return False
-    return hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), csrf_token(settings).encode("ascii"))
+    given = sent.encode("utf-8", "surrogateescape")
+    today = _today()
+    results = [hmac.compare_digest(given, _csrf_for_day(settings, day).encode("ascii")) for day in (today, today - 1)]
+    return any(results)
