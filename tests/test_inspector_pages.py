@@ -231,11 +231,19 @@ def test_the_explanation_renders_every_rule_and_escapes_it() -> None:
     assert "failed: eq &#34;&lt;b&gt;x&lt;/b&gt;&#34;" in html
 
 
-def test_without_an_explanation_the_stored_match_and_its_condition_show(client: FlaskClient) -> None:
-    event_id = _post(client, {"flag": True})
+def test_an_event_page_explains_with_the_current_rules(client: FlaskClient, app: Flask, tmp_path: Path) -> None:
+    event_id = _post(client, {"flag": False})
     html = client.get(f"/ui/events/{event_id}", headers=AUTH).get_data(as_text=True)
-    assert "flagged" in html
-    assert "matched because this held" in html or 'class="matched"' in html  # the explanation, once it lands
+    assert '<table class="list explain">' in html and 'class="no-match"' in html
+    assert "flag: true failed" in html or "eq true" in html  # the condition that failed, with the value
+    assert "at receipt it matched: no rule" in html
+    # the provider gone from the rules file (a reload): the stored match is all there is to show
+    state = app.extensions["router"]
+    state.config = loads(RULES.replace("open: {type: none}", "other: {type: none}").replace("provider: open",
+                                                                                               "provider: other"),
+                         "rules.yaml", base_dir=tmp_path)
+    html = client.get(f"/ui/events/{event_id}", headers=AUTH).get_data(as_text=True)
+    assert "explain" not in html and "No rule matched" in html
 
 
 class _Preset:

@@ -196,10 +196,17 @@ def test_a_good_hash_loads_and_the_password_is_never_printed() -> None:
 def test_validate_warns_that_the_inspector_wants_loopback_or_tls(tmp_path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES, encoding="utf-8")
-    result = run_cli("validate", rules, env={"INSPECTOR_PASSWORD": PASSWORD})
+    env = {"INSPECTOR_PASSWORD": PASSWORD}
+    result = run_cli("validate", rules, env=env)
     assert result.code == 0, result
-    assert "warning: settings.inspector is on at /ui" in result.stderr and "TLS" in result.stderr
+    assert re.search(r"rules\.yaml:\d+:\d+: settings\.inspector: warning: the inspector is on at /ui .*TLS",
+                     result.output), result
     assert PASSWORD not in result.output
+    assert run_cli("validate", "--strict", rules, env=env).code == 1
+    rules.write_text(RULES.replace('password: "${INSPECTOR_PASSWORD}"', 'password: "${INSPECTOR_PASSWORD}"\n'
+                                   "    behind_tls: true"), encoding="utf-8")
+    quiet = run_cli("validate", "--strict", rules, env=env)
+    assert quiet.code == 0 and "inspector" not in quiet.output, quiet
 
 
 @pytest.mark.parametrize("scheme", ["scrypt", "pbkdf2_sha256"])

@@ -20,6 +20,7 @@ class InspectorSettings:
     password: Secret | None = None
     password_hash: passwords.PasswordHash | None = None
     enabled: bool = True
+    behind_tls: bool = False  # a TLS-terminating proxy is in front: no warning about plain HTTP
 
 
 RESERVED_PATHS = ("/hooks", "/healthz", "/readyz", "/metrics")
@@ -30,7 +31,8 @@ def as_inspector(ctx: Ctx, value: Any, path: PathT) -> InspectorSettings | None:
     if node is None:
         return None
     fields = {"path": Field(as_url_path, default="/ui"), "username": Field(as_str, default="admin"),
-              "password": Field(as_secret), "password_hash": Field(as_secret), "enabled": Field(as_bool, default=True)}
+              "password": Field(as_secret), "password_hash": Field(as_secret), "enabled": Field(as_bool, default=True),
+              "behind_tls": Field(as_bool, default=False)}
     out = convert_fields(ctx, node, path, fields)
     if ctx.has_errors_under(path):
         return None
@@ -56,4 +58,4 @@ def as_inspector(ctx: Ctx, value: Any, path: PathT) -> InspectorSettings | None:
     elif not password:
         ctx.error(path + ("password",), "password is empty; an empty password would let anyone in")
         return None
-    return InspectorSettings(url_path, out["username"], password, parsed, out["enabled"])
+    return InspectorSettings(url_path, out["username"], password, parsed, out["enabled"], out["behind_tls"])

@@ -22,8 +22,8 @@ from router import logs
 from router.config.fields import parse_duration
 from router.config.inspector import InspectorSettings
 from router.config.model import Config, ProviderSpec
-from router.errors import RequestError, SchemaError
 from router.model import JobState, iso_utc
+from router.pipeline.explain import explain, pretty
 from router.store.base import Cursor, DeadFilter, EventFilter, EventSummary, json_path_steps
 from router.web.inspector.auth import Guard, csrf_ok, csrf_token
 from router.web.state import RouterState
@@ -95,21 +95,6 @@ def _pretty(value: Any) -> str:
     return str(value)
 
 
-def _preview_text(rendered: Any) -> str:
-    """An action's preview; a JSON body (or JSON line) shown as JSON, not as one escaped string."""
-    if isinstance(rendered, dict):
-        shown = {}
-        for key, value in rendered.items():
-            if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
-                try:
-                    value = json.loads(value)
-                except ValueError:
-                    pass
-            shown[key] = value
-        rendered = shown
-    return _pretty(rendered)
-
-
 # the bundled provider types whose payload names its event type at the top level
 _PAYLOAD_EVENT_KEYS = {"panjaya": "event", "namirial-oneshot": "event_type"}
 
@@ -172,14 +157,9 @@ def rule_sources(config: Config) -> dict[str, str]:
 def explanation(config: Config, provider: str, body: bytes, headers: dict[str, str], query: dict[str, str], *,
                 content_type: str | None = None, event_id: str | None = None,
                 received_at: str | None = None) -> dict[str, Any] | None:
-    """The explanation of `router test --explain` as plain data, or None where this build has none.
-
-    Every rule, matched or not, with the condition that failed and the value the event had;
-    `_why.html` renders it. Computed with the rules as they are now."""
-    try:
-        from router.pipeline.explain import explain  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # router test --explain (issue 15) brings it; until then the page shows less
-        return None
+    """What `router test --explain` says of this event with the rules as they are now, as plain data
+    (every rule, matched or not, with the condition that failed and the value the event had), which
+    `_why.html` renders; None when it cannot be said (a provider no longer in the rules file)."""
     if provider not in config.providers:
         return None
     try:
@@ -188,8 +168,7 @@ def explanation(config: Config, provider: str, body: bytes, headers: dict[str, s
     except Exception as exc:  # an explanation must never cost the page
         logs.warning("inspector: could not explain an event", error=f"{type(exc).__name__}: {exc}")
         return None
-    result: dict[str, Any] = found.to_dict()
-    return result
+    return found.to_dict()
 
 
 def blueprint(state: RouterState) -> Blueprint:
@@ -370,20 +349,16 @@ def blueprint(state: RouterState) -> Blueprint:
 
     @bp.route("/try", methods=["GET", "POST"])
     def try_payload() -> Response:
-        from router.pipeline.dryrun import dry_run
-
         config = state.config
         form = request.form if request.method == "POST" else request.args
         provider = form.get("provider") or (sorted(config.providers)[0] if config.providers else "")
         body_text = form.get("payload", "")
         headers_text = form.get("headers", "")
         context: dict[str, Any] = {"provider": provider, "payload": body_text, "headers_text": headers_text,
-                                   "result": None, "invalid": None, "sources": rule_sources(config),
-                                   "explained": None}
+                                   "result": None, "invalid": None, "explained": None}
         if request.method == "GET":
             return render("try.html", **context)
-        spec = config.providers.get(provider)
-        if spec is None:
+        if provider not in config.providers:
             context["invalid"] = ["no provider of that name in the rules file"]
             return render("try.html", 400, **context)
         headers: dict[str, str] = {}
@@ -399,26 +374,19 @@ def blueprint(state: RouterState) -> Blueprint:
         if len(body) > config.settings.max_body_bytes:
             context["invalid"] = [f"the payload is larger than max_body_bytes ({config.settings.max_body_bytes})"]
             return render("try.html", 413, **context)
-        try:
-            result = dry_run(config, spec, body, headers, {})
-        except SchemaError as exc:
-            context["invalid"] = [f"{'.'.join(str(x) for x in d['loc'])}: {d['msg']} ({d['type']})" for d in exc.detail]
-            return render("try.html", 422, **context)
-        except RequestError as exc:
-            context["invalid"] = [exc.message]
-            return render("try.html", exc.status, **context)
-        redact = config.redactor
-        sources = context["sources"]
-        context["explained"] = explanation(config, spec.name, body, headers, {})
-        actions = result.actions
-        explained = context["explained"]
-        if explained is not None and explained.get("valid"):
-            actions = explained["actions"]  # what `router test` shows, from the same code
+        # the dry run of `router test --explain`: its code, so the page and the command agree
+        found = explain(config, provider, body, headers, {})
+        if not found.valid:
+            context["invalid"] = [f"{'.'.join(str(x) for x in d['loc'])}: {d['msg']} ({d['type']})"
+                                  for d in found.violations] or [found.error or "invalid payload"]
+            return render("try.html", found.status, **context)
+        sources = rule_sources(config)
+        context["explained"] = found.to_dict()
         context["result"] = {
-            "matched": result.matched,
-            "why": [{"rule": name, "when": sources.get(name), "known": True} for name in result.matched],
-            "actions": [{**a, "text": redact(_preview_text(a["rendered"])) if a.get("rendered") is not None else None,
-                         "error": redact(a["error"]) if a.get("error") else None} for a in actions],
+            "matched": found.matched,
+            "why": [{"rule": name, "when": sources.get(name), "known": True} for name in found.matched],
+            "actions": [{"rule": a.rule, "action": a.action, "type": a.type, "error": a.error,
+                         "text": None if a.rendered is None else pretty(a.rendered)} for a in found.actions],
         }
         return render("try.html", **context)
 
