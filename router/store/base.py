@@ -296,7 +296,7 @@ class Store(Protocol):
 
     # ---------------------------------------------------------------- the inspector's pages
     def browse_events(self, filt: EventFilter, after: Cursor | None = None, *, scan: int = 100_000,
-                      budget: float = 0.05, body_limit: int = 16384) -> Page:
+                      budget: float = 0.04, body_limit: int = 16384) -> Page:
         """Events newest first (by received time, then id), strictly older than `after`, as
         EventSummary rows (with the body when at most `body_limit` bytes). When `filt` needs more
         than the time index (provider, rule, state, payload), events are examined in windows of the

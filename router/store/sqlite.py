@@ -347,7 +347,7 @@ def _dead_filter(action: str | None, since: float | None) -> tuple[str, list[Any
 
 
 _VERBATIM = re.compile(r"^[A-Za-z0-9 _.,:;@#%+=-]+$")
-_BROWSE_WINDOW = 2000  # events per window of a filtered listing
+_BROWSE_WINDOW = 1000  # events per window of a filtered listing (the time budget is checked after each)
 
 
 def _sqlite_json_path(steps: list[str | int]) -> str:
@@ -894,7 +894,7 @@ class SqliteStore:
 
     @_translated
     def browse_events(self, filt: EventFilter, after: Cursor | None = None, *, scan: int = 100_000,
-                      budget: float = 0.05, body_limit: int = 16384) -> Page:
+                      budget: float = 0.04, body_limit: int = 16384) -> Page:
         conn = self._conn()
         span: list[str] = []  # what the received_ts index answers
         span_args: list[Any] = []

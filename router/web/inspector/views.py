@@ -29,7 +29,7 @@ from router.web.inspector.auth import Guard, csrf_ok, csrf_token
 from router.web.state import RouterState
 
 PAGE_SIZES = (25, 50, 100, 200)
-SEARCH_BUDGET = 0.05  # seconds of searching per page when a filter needs more than the time index
+SEARCH_BUDGET = 0.04  # seconds of searching per page when a filter needs more than the time index
 REFRESH_SECONDS = 5
 STATES = [s.value for s in JobState]
 _EVENT_ID = re.compile(r"^evt_[0-9a-f]{12,40}$")
