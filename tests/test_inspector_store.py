@@ -141,3 +141,26 @@ def test_dead_letters_listed_counted_and_replayed_by_filter(store: SqliteStore) 
 @pytest.mark.parametrize("text", ["", "nope", "1.5", "x~", "nan~evt_1", "~evt"])
 def test_a_garbled_cursor_starts_from_the_top(text: str) -> None:
     assert Cursor.decode(text) is None
+
+
+def test_the_time_budget_ends_a_page_after_one_window(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "many.db", durability="process")
+    try:
+        for n in range(2500):
+            s.ingest(_event(n, "alpha", {"n": n}, [], []))
+        filt = EventFilter(provider="nobody", limit=10)
+        scanned, after, pages = [], None, 0
+        while True:
+            page = s.browse_events(filt, after, budget=0.0)  # out of time at once: one window per page
+            pages += 1
+            scanned.append(page.scanned)
+            assert page.rows == []
+            if page.next is None:
+                break
+            assert page.exhausted
+            after = page.next
+        assert scanned == [1000, 1000, 1000] and pages == 3  # the last window finds the end (500 left)
+        everything = s.browse_events(filt)  # with the default budget one page searches them all
+        assert everything.next is None and everything.scanned == 3000
+    finally:
+        s.close()

@@ -165,7 +165,8 @@ class Page:
     A listing that filters on what no index holds examines a bounded number of rows per page, so
     a page costs about the same however rare the match: `exhausted` says the page ended because
     that bound was reached, not because the page filled (the rows beyond are still to be
-    searched, from `next`); `scanned` is how many rows it examined."""
+    searched, from `next`); `scanned` is how many rows it examined (at most that many when the
+    page reached the end)."""
 
     rows: list[Any]
     next: Cursor | None
