@@ -284,3 +284,9 @@ def test_a_csrf_token_holds_today_and_tomorrow_then_expires(monkeypatch: pytest.
     monkeypatch.setattr(auth, "_today", lambda: day + 2)
     assert not auth.csrf_ok(settings, token)
     assert not auth.csrf_ok(InspectorSettings(password=Secret("other")), auth.csrf_token(settings))
+
+
+@pytest.mark.parametrize("query", ["done=You+have+been+hacked&n=1", "done=requeued&job=1%3Cb%3E", "done=bulk"])
+def test_a_link_cannot_put_words_on_the_page(client: FlaskClient, query: str) -> None:
+    html = client.get("/ui/dead?" + query, headers=AUTH).get_data(as_text=True)
+    assert 'class="notice"' not in html and "hacked" not in html

@@ -131,13 +131,22 @@ def _event_type(config: Config, row: EventSummary) -> str | None:
     return event_type_of(spec, row.headers, payload)
 
 
-_rule_sources: dict[int, dict[str, str]] = {}
+def _done_message() -> str | None:
+    """What the last POST did, from a fixed set: a link cannot make the page say anything else."""
+    done, number = request.args.get("done"), request.args.get("n", request.args.get("job", ""))
+    if not number.isdigit():
+        return None
+    return {"requeued": f"re-queued delivery {number}",
+            "not-dead": f"delivery {number} is not a dead letter (nothing done)",
+            "bulk": f"re-queued {number} dead letter(s)"}.get(done or "")
+
+
+_rule_sources: list[Any] = [None, {}]  # the config they were read from (held, so its id is not reused), and them
 
 
 def rule_sources(config: Config) -> dict[str, str]:
     """Each rule's `when:` as written in the rules file (${VAR}s unexpanded, so no secret shows)."""
-    key = id(config)
-    found = _rule_sources.get(key)
+    found: dict[str, str] | None = _rule_sources[1] if _rule_sources[0] is config else None
     if found is None:
         found = {}
         try:
@@ -149,8 +158,7 @@ def rule_sources(config: Config) -> dict[str, str]:
                         yaml.safe_dump(when, sort_keys=False, allow_unicode=True).strip()
         except Exception:  # the text loaded once; anything odd here only costs the explanation
             found = {}
-        _rule_sources.clear()  # one config at a time: a reload makes a new one
-        _rule_sources[key] = found
+        _rule_sources[:] = [config, found]  # one config at a time: a reload makes a new one
     return found
 
 
@@ -278,7 +286,7 @@ def blueprint(state: RouterState) -> Blueprint:
                                 received_at=found["received_at"]) if stored is not None else None
         event_type = event_type_of(state.config.providers.get(found["provider"]), found["headers"], found["payload"])
         return render("event.html", e=found, payload_text=payload_text, headers=headers, query=query, why=why,
-                      explained=explained, event_type=event_type, message=request.args.get("done"))
+                      explained=explained, event_type=event_type, message=_done_message())
 
     # ------------------------------------------------------------------ dead letters
 
@@ -301,7 +309,7 @@ def blueprint(state: RouterState) -> Blueprint:
         total = state.store.count_dead_matching(filt)
         next_url = url_for(".dead", **args, cursor=page.next.encode()) if page.next else None
         return render("dead.html", rows=page.rows, args=args, next_url=next_url, total=total,
-                      message=request.args.get("done"))
+                      message=_done_message())
 
     @bp.get("/dead/replay")
     def replay_confirm() -> Response:
@@ -333,17 +341,17 @@ def blueprint(state: RouterState) -> Blueprint:
         logs.info("dead letters replayed from the inspector", count=count, action=filt.action, rule=filt.rule,
                   provider=filt.provider)
         args: dict[str, Any] = {k: v for k, v in form.items() if k in ("action", "rule", "provider") and v}
-        return redirect(url_for(".dead", **args, done=f"re-queued {count} dead letter(s)"), code=303)
+        return redirect(url_for(".dead", **args, done="bulk", n=count), code=303)
 
     @bp.post("/jobs/<int:job_id>/replay")
     def replay_one(job_id: int) -> BaseResponse:
         count = state.store.replay(str(job_id))
         logs.info("dead letter replayed from the inspector", job_id=job_id, count=count)
-        done = f"re-queued delivery {job_id}" if count else f"delivery {job_id} is not a dead letter (nothing done)"
+        done = "requeued" if count else "not-dead"
         event_id = request.form.get("event_id", "")
         if _EVENT_ID.match(event_id):
-            return redirect(url_for(".event", event_id=event_id, done=done), code=303)
-        return redirect(url_for(".dead", done=done), code=303)
+            return redirect(url_for(".event", event_id=event_id, done=done, job=job_id), code=303)
+        return redirect(url_for(".dead", done=done, job=job_id), code=303)
 
     # ------------------------------------------------------------------ try a payload
 
