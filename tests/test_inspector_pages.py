@@ -290,3 +290,13 @@ def test_a_csrf_token_holds_today_and_tomorrow_then_expires(monkeypatch: pytest.
 def test_a_link_cannot_put_words_on_the_page(client: FlaskClient, query: str) -> None:
     html = client.get("/ui/dead?" + query, headers=AUTH).get_data(as_text=True)
     assert 'class="notice"' not in html and "hacked" not in html
+
+
+@pytest.mark.parametrize(("origin", "status"), [
+    ("http://localhost", 200), ("https://localhost", 200),  # TLS ended at a proxy in front
+    ("http://evil.example", 403), ("null", 403), ("http://localhost.evil.example", 403),
+])
+def test_a_form_from_another_origin_is_refused(client: FlaskClient, origin: str, status: int) -> None:
+    r = client.post("/ui/try", headers={**AUTH, "Origin": origin},
+                    data={"csrf": _csrf(client), "provider": "open", "payload": "{}"})
+    assert r.status_code == status

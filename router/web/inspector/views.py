@@ -12,6 +12,7 @@ import re
 import time
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from flask import Blueprint, Response, redirect, request, url_for
@@ -211,7 +212,8 @@ def blueprint(state: RouterState) -> Blueprint:
                             headers={"WWW-Authenticate": 'Basic realm="router inspector", charset="UTF-8"'})
         if request.method not in ("GET", "HEAD"):
             origin = request.headers.get("Origin")
-            if origin is not None and origin != request.host_url.rstrip("/"):
+            # the host only: behind a TLS proxy the browser says https:// while this hop is http://
+            if origin is not None and urlsplit(origin).netloc != request.host:
                 return Response("cross-origin request refused\n", status=403,
                                 content_type="text/plain; charset=utf-8")
             limit = state.config.settings.max_body_bytes * 2 + 65536  # a payload and its headers, form-encoded
