@@ -85,10 +85,6 @@ class EventFilter:
     json_path: str | None = None
     json_value: str | None = None
 
-    @property
-    def matches_payload(self) -> bool:
-        return bool(self.text) or bool(self.json_path)
-
 
 @dataclass(frozen=True)
 class Cursor:
