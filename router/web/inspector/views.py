@@ -142,12 +142,15 @@ def _done_message() -> str | None:
             "bulk": f"re-queued {number} dead letter(s)"}.get(done or "")
 
 
-_rule_sources: list[Any] = [None, {}]  # the config they were read from (held, so its id is not reused), and them
+# (the config they were read from, them): one pair, swapped whole, so threads never see half of one
+_rule_sources: tuple[Any, dict[str, str]] = (None, {})
 
 
 def rule_sources(config: Config) -> dict[str, str]:
     """Each rule's `when:` as written in the rules file (${VAR}s unexpanded, so no secret shows)."""
-    found: dict[str, str] | None = _rule_sources[1] if _rule_sources[0] is config else None
+    global _rule_sources
+    held, cached = _rule_sources
+    found: dict[str, str] | None = cached if held is config else None
     if found is None:
         found = {}
         try:
@@ -159,7 +162,7 @@ def rule_sources(config: Config) -> dict[str, str]:
                         yaml.safe_dump(when, sort_keys=False, allow_unicode=True).strip()
         except Exception:  # the text loaded once; anything odd here only costs the explanation
             found = {}
-        _rule_sources[:] = [config, found]  # one config at a time: a reload makes a new one
+        _rule_sources = (config, found)  # one config at a time: a reload makes a new one
     return found
 
 
