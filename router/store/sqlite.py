@@ -579,6 +579,7 @@ class SqliteStore:
             ).fetchall()
             taken_rated: set[str] = set()
             lost: list[tuple] = []
+            updates: list[tuple] = []
             for job_id, event_id, rule, action, attempts, previous_owner, created_ts, round_start in rows:
                 if len(claimed) >= limit:
                     break
@@ -597,12 +598,13 @@ class SqliteStore:
                 if previous_owner is not None:
                     # the last claim never reported: its worker died or hung past the lease
                     lost.append((job_id, attempts, now, None, "worker lost the job (lease expired)", None, 1))
-                conn.execute(
-                    "UPDATE jobs SET attempts = attempts + 1, lease_owner = ?, next_ts = ?, updated_ts = ? WHERE id = ?",
-                    (owner, now + lease, now, job_id),
-                )
+                updates.append((owner, now + lease, now, job_id))
                 claimed.append(Job(job_id, event_id, rule, action, attempts + 1, owner, created_ts,
                                    round_start=round_start))
+            conn.executemany(
+                "UPDATE jobs SET attempts = attempts + 1, lease_owner = ?, next_ts = ?, updated_ts = ? WHERE id = ?",
+                updates,
+            )
             if lost:
                 conn.executemany(
                     "INSERT OR IGNORE INTO attempts (job_id, n, at_ts, status, error, latency_ms, retryable)"
@@ -633,36 +635,40 @@ class SqliteStore:
         if not outcomes:
             return 0
         conn = self._conn()
-        applied = 0
+        released = [(o.at, o.at, o.job_id, o.owner) for o in outcomes if o.verdict is Verdict.RELEASED]
+        done = [o for o in outcomes if o.verdict is not Verdict.RELEASED]
+        holds = [(o.action, o.hold_action_until) for o in outcomes if o.hold_action_until is not None]
         with _transaction(conn, self.write_lock):
-            for o in outcomes:
-                if o.verdict is Verdict.RELEASED:
-                    cur = conn.execute(
-                        "UPDATE jobs SET attempts = attempts - 1, lease_owner = NULL, next_ts = ?, updated_ts = ?"
-                        " WHERE id = ? AND lease_owner = ? AND state = 'pending'",
-                        (o.at, o.at, o.job_id, o.owner),
-                    )
-                    applied += cur.rowcount
-                    continue
-                cur = conn.execute(
-                    "UPDATE jobs SET state = ?, lease_owner = NULL, next_ts = ?, updated_ts = ?, last_status = ?, last_error = ?"
-                    " WHERE id = ? AND lease_owner = ? AND state = 'pending' AND attempts = ?",
-                    (o.verdict.state.value, o.next_ts, o.at, o.status, o.reason or o.error, o.job_id, o.owner, o.attempt),
+            before = conn.total_changes
+            # the attempt is kept only while the claim still holds (its owner and attempt number);
+            # one statement per kind for the whole batch, checked row by row inside SQLite
+            conn.executemany(
+                "INSERT OR REPLACE INTO attempts (job_id, n, at_ts, status, error, latency_ms, retryable)"
+                " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? AND lease_owner = ?"
+                " AND state = 'pending' AND attempts = ?)",
+                [(o.job_id, o.attempt, o.at, o.status, o.error, o.latency_ms, int(o.retryable), o.job_id, o.owner,
+                  o.attempt) for o in done],
+            )
+            before = conn.total_changes
+            conn.executemany(
+                "UPDATE jobs SET state = ?, lease_owner = NULL, next_ts = ?, updated_ts = ?, last_status = ?,"
+                " last_error = ? WHERE id = ? AND lease_owner = ? AND state = 'pending' AND attempts = ?",
+                [(o.verdict.state.value, o.next_ts, o.at, o.status, o.reason or o.error, o.job_id, o.owner, o.attempt)
+                 for o in done],
+            )
+            conn.executemany(
+                "UPDATE jobs SET attempts = attempts - 1, lease_owner = NULL, next_ts = ?, updated_ts = ?"
+                " WHERE id = ? AND lease_owner = ? AND state = 'pending'",
+                released,
+            )
+            applied = conn.total_changes - before
+            if holds:
+                # a 429's Retry-After holds every job of the action, not just this one
+                conn.executemany(
+                    "INSERT INTO rates (action, next_ts) VALUES (?, ?)"
+                    " ON CONFLICT(action) DO UPDATE SET next_ts = max(next_ts, excluded.next_ts)",
+                    holds,
                 )
-                if cur.rowcount:
-                    applied += 1
-                    conn.execute(
-                        "INSERT OR REPLACE INTO attempts (job_id, n, at_ts, status, error, latency_ms, retryable)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (o.job_id, o.attempt, o.at, o.status, o.error, o.latency_ms, int(o.retryable)),
-                    )
-                if o.hold_action_until is not None:
-                    # a 429's Retry-After holds every job of the action, not just this one
-                    conn.execute(
-                        "INSERT INTO rates (action, next_ts) VALUES (?, ?)"
-                        " ON CONFLICT(action) DO UPDATE SET next_ts = max(next_ts, excluded.next_ts)",
-                        (o.action, o.hold_action_until),
-                    )
         return applied
 
     # ------------------------------------------------------------------ operations
