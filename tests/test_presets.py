@@ -68,6 +68,7 @@ actions:
     url: "${DOWNSTREAM}/seen"
     headers: {X-Event-Type: "{{ event_type }}"}
     body: '{"event_type": {{ event_type | tojson }}, "payload": {{ payload | tojson }}}'
+  archive: {type: file, path: "{{ provider }}.jsonl"}
 rules:
   - {name: gh-push, provider: [gh, gh-nodedupe, gh-ownkey], when: {$event: push}, actions: [seen]}
   - {name: st-paid, provider: st, when: {$event: payment_intent.succeeded}, actions: [seen]}
@@ -76,7 +77,7 @@ rules:
   - {name: sl-approve, provider: sl, when: {$event: block_actions}, actions: [seen]}
   - {name: sw-user, provider: sw, when: {$event: user.created}, actions: [seen]}
   - {name: sh-order, provider: sh, when: {$event: orders/create}, actions: [seen]}
-  - {name: tw-stop, provider: tw, when: {Body: {startswith: STOP}}, actions: [seen]}
+  - {name: tw-stop, provider: tw, when: {Body: {startswith: STOP}}, actions: [seen, archive]}
 """
 
 
@@ -340,6 +341,15 @@ def test_twilio_form_is_routed_on_its_fields(router: RouterServer, module_downst
     seen = _delivered(module_downstream, event_id)
     assert seen["payload"]["Body"] == "STOP sending me texts"
     assert seen["payload"]["AccountSid"] == "AC" + "0" * 32
+
+    archive = router.workdir / "var" / "files" / "tw.jsonl"
+
+    def archived() -> dict | None:
+        lines = archive.read_text("utf-8").splitlines() if archive.exists() else []
+        return next((line for line in map(json.loads, lines) if line["event_id"] == event_id), None)
+
+    line = wait_until(archived, what="the event's line in the archive")
+    assert line["payload"]["Body"] == "STOP sending me texts"  # the form, as an object, in the file too
 
 
 @pytest.mark.parametrize(("body", "why"), [
