@@ -49,6 +49,14 @@ def _emit(level: str, msg: str, fields: dict[str, Any]) -> None:
         pass
 
 
+def log(level: str, msg: str, **fields: Any) -> None:
+    _emit(level if level in _LEVELS else "info", msg, fields)
+
+
+def debug(msg: str, **fields: Any) -> None:
+    _emit("debug", msg, fields)
+
+
 def info(msg: str, **fields: Any) -> None:
     _emit("info", msg, fields)
 
@@ -61,4 +69,4 @@ def error(msg: str, **fields: Any) -> None:
     _emit("error", msg, fields)
 
 
-__all__ = ["error", "info", "setup", "use_redactor", "warning"]
+__all__ = ["debug", "error", "info", "log", "setup", "use_redactor", "warning"]

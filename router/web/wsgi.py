@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import sys
 from pathlib import Path
 
 from router import logs, metrics
@@ -35,8 +34,7 @@ def _build():  # type: ignore[no-untyped-def]
     fallback = recover(Path(rules), problems) if rules else None
     if fallback is None:
         # gunicorn would print a traceback; the operator needs the validate messages instead
-        sys.stderr.write("router: cannot load the rules file:\n" + "\n".join(f"  {p}" for p in problems) + "\n")
-        sys.stderr.flush()
+        logs.error("cannot load the rules file", rules=rules, problems=[str(p) for p in problems])
         raise SystemExit(3)
     app = create_app(fallback, rules, stale_reason=f"{len(problems)} problem(s) in {rules}; serving the last good rules")
     logs.error("rules file invalid; serving the last rules that loaded", rules=rules,
