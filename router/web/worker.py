@@ -102,12 +102,12 @@ class JsonLogger(Logger):
         pass
 
 
-_QUERY = re.compile(r"\?[^\s'\"]*")
+_QUERY = re.compile(r"(/[^\s?'\"]*)\?[^\s'\"]+")  # a path's query string
 
 
 def _no_query(text: str) -> str:
     """gunicorn quotes request lines; their query strings may carry a token the redactor does not know."""
-    return _QUERY.sub("?<query>", text)
+    return _QUERY.sub(r"\1?<query>", text)
 
 
 def _capture_uncaught() -> None:
@@ -213,6 +213,7 @@ class JsonErrors:
                 environ = default_environ(req, client, self.cfg)
                 environ["REMOTE_ADDR"] = addr[0]
                 environ["REMOTE_PORT"] = str(addr[1])
+                environ.setdefault("PATH_INFO", getattr(req, "path", None))
                 resp = Response(req, client, self.cfg)
                 resp.status = f"{status} {code}"
                 resp.response_length = 0
