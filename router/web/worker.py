@@ -37,11 +37,10 @@ _NUMERIC = {50: "error", 40: "error", 30: "warning", 20: "info", 10: "debug"}
 
 
 class JsonLogger(Logger):
-    """gunicorn's logger, writing the router's JSON lines (redacted) to stderr.
-
-    gunicorn's `--error-logfile`, `--access-logformat` and syslog options do not apply: every line
-    goes to stderr as JSON, where the router's own lines go. `--access-logfile` (any value) turns
-    the access lines on, as it does for gunicorn."""
+    """gunicorn's logger, writing the router's JSON lines (redacted): its error log to stderr, where
+    the router's own lines go, and its access log (when `--access-logfile` is given, whatever its
+    value) to stdout. gunicorn's `--error-logfile`, `--access-logformat` and syslog options do not
+    apply: redirect the process's output instead (systemd's journal does)."""
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -90,7 +89,7 @@ class JsonLogger(Logger):
             return
         status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
         # the path without its query string: a `token` may ride there
-        logs.info("request", source="gunicorn.access", method=environ.get("REQUEST_METHOD"),
+        logs.access("request", source="gunicorn.access", method=environ.get("REQUEST_METHOD"),
                   path=environ.get("PATH_INFO"), status=int(status) if str(status).isdigit() else status,
                   bytes=getattr(resp, "sent", None), client=environ.get("REMOTE_ADDR"),
                   latency_ms=round(request_time.total_seconds() * 1000, 2))
@@ -102,7 +101,7 @@ class JsonLogger(Logger):
         pass
 
 
-_QUERY = re.compile(r"(/[^\s?'\"]*)\?[^\s'\"]+")  # a path's query string
+_QUERY = re.compile(r"(/[^\s?'\"/]*)\?[^\s'\"]+")  # a path's query string (no '/' in the segment: linear time)
 
 
 def _no_query(text: str) -> str:
