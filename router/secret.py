@@ -92,9 +92,10 @@ def parts(value: str) -> list[str]:
     out: list[str] = []
     if "://" in value:
         split = urlsplit(value)
-        tail = split.path + (f"?{split.query}" if split.query else "")
-        if tail not in ("", "/"):
-            out.append(tail)
+        if split.path not in ("", "/"):
+            out.append(split.path)
+            if split.query:
+                out.append(f"{split.path}?{split.query}")
         if split.password:
             out.append(split.password)
         out += [seg for seg in split.path.split("/") if distinctive(seg)]
