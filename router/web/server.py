@@ -69,7 +69,8 @@ def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: in
     options = {
         "bind": bind,
         "workers": workers or default_workers(),
-        # JSON answers for what gunicorn refuses, and gunicorn's own lines as redacted JSON (router/web/worker.py)
+        # gthread that gives threads whole requests only, answers what gunicorn refuses in JSON, and
+        # prints gunicorn's own lines as the router's redacted JSON (router/web/worker.py)
         "worker_class": "router.web.worker.RouterWorker",
         "logger_class": "router.web.worker.JsonLogger",
         "threads": threads,
