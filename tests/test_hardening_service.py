@@ -125,34 +125,78 @@ def log_size(server: RouterServer) -> Any:
 # =========================================================================== 1. the body deadline
 
 
-def test_a_body_trickled_a_byte_a_second_gets_408_at_the_deadline_while_others_are_served(served):
+def trickle_in_background(server: RouterServer, head: bytes, parts: list[bytes | float]) -> tuple[threading.Thread,
+                                                                                                 dict[str, Any]]:
+    result: dict[str, Any] = {}
+
+    def send() -> None:
+        result["r"] = raw_request(server, head, parts, keep_sending=True, read_timeout=60)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread, result
+
+
+def assert_served_meanwhile(server: RouterServer) -> None:
+    for _ in range(3):  # ordinary clients are answered while the trickle holds its worker (or thread)
+        started = time.monotonic()
+        r = post(server, "/hooks/open")
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - started < 5, "a normal request waited behind the trickling one"
+
+
+def assert_408_at_the_deadline(result: dict[str, Any]) -> None:
+    r = result["r"]
+    assert r.status == 408, r
+    assert r.headers["content-type"] == "application/json" and r.json()["error"] == "body_timeout", r
+    assert 9.0 <= r.elapsed <= 14.0, f"408 after {r.elapsed:.1f}s; the deadline is 10 s"
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory, echoing: EchoingDestination) -> Any:
+    """Plain gunicorn (its sync worker, nothing of router serve's), so the hook endpoint's own
+    body deadline is all that stands between a trickling client and a worker."""
+    server = RouterServer(tmp_path_factory.mktemp("hardening-plain"), rules(echoing.url), env=ENV, workers=2,
+                          files={"schemas/typed.json": TYPED_SCHEMA})
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_body_trickled_a_byte_a_second_gets_408_at_the_deadline_while_others_are_served(plain):
     """40 bytes at 1 byte/s: the documented 10 s holds for the whole body (it took 39 s when the
-    deadline was only looked at between reads), and the worker serves other clients meanwhile."""
+    deadline was looked at only between reads, and one read waited for a whole chunk)."""
     body = b'{"kind": "slow", "pad": "' + b"x" * 13 + b'"}'
     assert len(body) == 40
     parts: list[bytes | float] = []
     for i in range(len(body)):
         parts += [body[i:i + 1], 1.0]
-    result: dict[str, Any] = {}
-
-    def trickle() -> None:
-        result["r"] = raw_request(served, post_head("/hooks/open", content_length=len(body)), parts,
-                                  keep_sending=True, read_timeout=60)
-
-    thread = threading.Thread(target=trickle)
-    thread.start()
+    thread, result = trickle_in_background(plain, post_head("/hooks/open", content_length=len(body)), parts)
     try:
-        for _ in range(3):  # ordinary clients are answered while the trickle holds a thread
-            started = time.monotonic()
-            r = post(served, "/hooks/open")
-            assert r.status_code == 200, r.text
-            assert time.monotonic() - started < 5, "a normal request waited behind the trickling one"
+        assert_served_meanwhile(plain)
     finally:
         thread.join(timeout=70)
-    r = result["r"]
-    assert r.status == 408, r
-    assert r.headers["content-type"] == "application/json" and r.json()["error"] == "body_timeout", r
-    assert 9.0 <= r.elapsed <= 14.0, f"408 after {r.elapsed:.1f}s; the deadline is 10 s"
+    assert_408_at_the_deadline(result)
+
+
+def test_a_large_body_that_trickles_after_its_first_megabyte_gets_408_at_the_deadline(tmp_path, echoing):
+    """router serve's worker buffers a request before a thread gets it, up to about a megabyte; past
+    that the endpoint reads the rest, and its deadline must hold for the whole body too."""
+    big = rules(echoing.url).replace("max_body_bytes: 65536", "max_body_bytes: 4194304")
+    with ServedRouter(tmp_path, big, env=ENV, workers=2, files={"schemas/typed.json": TYPED_SCHEMA}) as server:
+        fast = b'{"kind": "big", "pad": "' + b"x" * (1200 * 1024)
+        rest = b'"}'
+        parts: list[bytes | float] = [fast]
+        for _ in range(40):
+            parts += [b" ", 1.0]  # JSON allows the spaces; they arrive a second apart
+        parts.append(rest)
+        head = post_head("/hooks/open", content_length=len(fast) + 40 + len(rest))
+        thread, result = trickle_in_background(server, head, parts)
+        try:
+            assert_served_meanwhile(server)
+        finally:
+            thread.join(timeout=70)
+        assert_408_at_the_deadline(result)
 
 
 # =========================================================================== 5. error shapes
