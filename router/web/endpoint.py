@@ -69,32 +69,37 @@ class BodyDeadlines:
     and the request is answered 408 on the still-open write side.
     """
 
+    IDLE_WAKE = 1.0  # seconds the watchdog sleeps with nothing to watch (a new read's deadline is later)
+
     def __init__(self) -> None:
         self._after_fork()
         os.register_at_fork(after_in_child=self._after_fork)  # the watchdog thread does not survive a fork
 
     def _after_fork(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # a plain lock: this is on every request's path
+        self._wake = threading.Event()
         self._reads: dict[int, tuple[float, socket.socket]] = {}  # id -> (deadline, socket)
         self._expired: set[int] = set()
         self._next = 0
+        self._wake_at = 0.0  # when the sleeping watchdog wakes next (0: it is awake)
         self._thread: threading.Thread | None = None
 
     def watch(self, sock: socket.socket, deadline: float) -> int:
-        with self._cond:
+        with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="router-body-deadline", daemon=True)
                 self._thread.start()
             self._next += 1
             ident = self._next
             self._reads[ident] = (deadline, sock)
-            if len(self._reads) == 1:
-                self._cond.notify()
-            return ident
+            wake = deadline < self._wake_at  # rare: the watchdog would sleep past it
+        if wake:
+            self._wake.set()
+        return ident
 
     def release(self, ident: int) -> bool:
         """Stop watching; True when the deadline passed and the socket was shut (the read is over)."""
-        with self._cond:
+        with self._lock:
             self._reads.pop(ident, None)
             if ident in self._expired:
                 self._expired.discard(ident)
@@ -102,16 +107,9 @@ class BodyDeadlines:
             return False
 
     def _run(self) -> None:
-        with self._cond:
-            while True:
-                if not self._reads:
-                    self._cond.wait()
-                    continue
+        while True:
+            with self._lock:
                 now = time.monotonic()
-                first = min(deadline for deadline, _ in self._reads.values())
-                if first > now:
-                    self._cond.wait(first - now)
-                    continue
                 for ident, (deadline, sock) in list(self._reads.items()):
                     if deadline <= now:
                         del self._reads[ident]
@@ -120,6 +118,10 @@ class BodyDeadlines:
                             sock.shutdown(socket.SHUT_RD)
                         except OSError:
                             pass
+                first = min((deadline for deadline, _ in self._reads.values()), default=now + self.IDLE_WAKE)
+                self._wake_at = first
+            self._wake.wait(max(0.0, first - now))
+            self._wake.clear()
 
 
 _deadlines = BodyDeadlines()
