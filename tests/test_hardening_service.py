@@ -536,6 +536,26 @@ def test_opening_a_store_that_kept_a_rules_copy_deletes_it_bytes_and_all(tmp_pat
         assert INLINE_TOKEN.encode() not in p.read_bytes(), p
 
 
+def test_the_last_good_rules_are_kept_only_in_a_private_folder_of_this_user(tmp_path, monkeypatch):
+    monkeypatch.setattr(lastgood.tempfile, "gettempdir", lambda: str(tmp_path))
+    rules_file = tmp_path / "rules.yaml"
+    lastgood.save(rules_file, f"token: {INLINE_TOKEN}\n")
+    assert lastgood.read(rules_file) == f"token: {INLINE_TOKEN}\n"
+    folder = lastgood.folder(rules_file)
+    os.chmod(folder, 0o755)  # someone could list it: it is no longer private
+    assert lastgood.read(rules_file) is None
+    with pytest.raises(PermissionError):
+        lastgood.save(rules_file, "x")
+    shutil.rmtree(folder)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    folder.symlink_to(elsewhere)  # planted where the folder would be
+    assert lastgood.read(rules_file) is None
+    with pytest.raises(PermissionError):
+        lastgood.save(rules_file, "x")
+    assert list(elsewhere.iterdir()) == []
+
+
 # =========================================================================== 7. the metrics helper
 
 

@@ -144,6 +144,7 @@ def init_schema(conn: sqlite3.Connection) -> None:
         pass  # no meta table yet
     # version 1 kept a copy of the rules file in `meta`, inline secrets and all (router.config.lastgood
     # keeps it now): delete it with its bytes overwritten, not merely unlinked from the b-tree
+    secure_delete = conn.execute("PRAGMA secure_delete").fetchone()[0]
     conn.execute("PRAGMA secure_delete = ON")
     with _transaction(conn):
         for statement in SCHEMA.split(";"):
@@ -151,6 +152,7 @@ def init_schema(conn: sqlite3.Connection) -> None:
                 conn.execute(statement)
         conn.execute("DELETE FROM meta WHERE key LIKE 'last_good_rules:%'")
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    conn.execute(f"PRAGMA secure_delete = {int(secure_delete)}")  # this connection may live on (pruning stays fast)
     try:  # and out of the WAL, whose older frames still hold it
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     except sqlite3.Error:
