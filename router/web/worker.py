@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import selectors
@@ -134,6 +135,7 @@ class JsonLogger(Logger):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         _capture_uncaught()
+        _capture_logging()
 
     def setup(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -213,6 +215,30 @@ def _capture_uncaught() -> None:
 
     threading.excepthook = thread_hook
     sys.excepthook = process_hook
+
+
+class _ToJson(logging.Handler):
+    """What libraries log through `logging` (urllib3's pool warnings, Python's warnings), as JSON lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = _NUMERIC.get(record.levelno - record.levelno % 10, "info")
+            extra = {"traceback": _no_query(self.formatException(record.exc_info))} if record.exc_info else {}
+            logs.log(level, _no_query(record.getMessage()), source=record.name, **extra)
+        except Exception:  # logging must never fail the caller
+            pass
+
+    def formatException(self, exc_info: Any) -> str:  # noqa: N802 - logging's name
+        return "".join(traceback.format_exception(*exc_info))
+
+
+def _capture_logging() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, _ToJson) for h in root.handlers):
+        root.addHandler(_ToJson())
+        if root.level == logging.NOTSET or root.level > logging.WARNING:
+            root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
 
 
 # --------------------------------------------------------------------------- JSON answers for gunicorn's refusals
