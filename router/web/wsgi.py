@@ -5,7 +5,7 @@ plain gunicorn delivers as `router serve` does (ROUTER_DELIVERY=off serves HTTP 
 watches the rules file and reloads it in place when it changes (ROUTER_WATCH=off to disable).
 
 When a worker starts and the rules file is invalid (say gunicorn was sent HUP after a bad edit),
-it serves the last rules that loaded, kept in the store, rather than failing to boot and taking
+it serves the last rules that loaded (router.config.lastgood keeps them) rather than failing to boot and taking
 the whole service down; /readyz reports the rules as stale.
 """
 
