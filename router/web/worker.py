@@ -15,7 +15,7 @@ not a thread; it gets 408 (or, having sent nothing, a plain close) when its dead
 Bodies larger than BUFFER_LIMIT are handed over once their head is in, and the hook endpoint's
 own body deadline bounds the rest.
 
-RouterWorker and RouterSyncWorker (gunicorn's sync worker) answer the requests gunicorn itself
+RouterWorker and SyncRouterWorker (gunicorn's sync worker) answer the requests gunicorn itself
 refuses (a bad request line, a bad or repeated Content-Length, a bad header name, a 414) with the
 router's JSON error body instead of gunicorn's HTML page.
 
@@ -450,8 +450,9 @@ def _answer_timeout(conn: RouterConn) -> None:
         pass
 
 
-class RouterSyncWorker(JsonErrors, SyncWorker):
-    """gunicorn's sync worker, answering its refusals in JSON."""
+class SyncRouterWorker(JsonErrors, SyncWorker):
+    """gunicorn's sync worker, answering its refusals in JSON. (Not named `...SyncWorker`: given
+    `--threads` above 1, gunicorn swaps any worker class so named for its own gthread.)"""
 
 
-__all__ = ["JsonLogger", "RouterSyncWorker", "RouterWorker", "json_error", "refusal_for"]
+__all__ = ["JsonLogger", "SyncRouterWorker", "RouterWorker", "json_error", "refusal_for"]
