@@ -242,6 +242,10 @@ def test_every_line_is_json_and_neither_a_token_nor_a_secret_url_part_reaches_th
         assert r.status == 400 and r.headers.get("content-type") == "application/json", r
         assert VIDEOID_TOKEN not in r.raw.decode("latin-1")
     assert post(served, f"/videoid?token={VIDEOID_TOKEN}").status_code == 200  # the access line has the path only
+    # a header line without its colon, which gunicorn quotes whole
+    r = raw_request(served, b"POST /hooks/open HTTP/1.1\r\nHost: x\r\nAuthorization Bearer client-credential-6Yt\r\n"
+                            b"Content-Length: 2\r\n\r\n{}")
+    assert r.status == 400 and r.json()["error"] == "invalid_header", r
     # a destination that echoes the Slack webhook's path: a dead letter whose reason quotes it
     event_id = post(served, "/hooks/open", b'{"kind": "slack"}').json()["event_id"]
 
@@ -261,6 +265,7 @@ def test_every_line_is_json_and_neither_a_token_nor_a_secret_url_part_reaches_th
     assert "Invalid" in text and "<query>" in text, "gunicorn's warning about the bad request line is missing"
     assert VIDEOID_TOKEN not in text
     assert SLACK_SECRET not in text and "T0ROUTER1" not in text
+    assert "client-credential-6Yt" not in text
 
     listed = run_cli("dead-letters", "list", "--rules", served.rules_path, env=ENV)
     assert listed.code == 0, listed

@@ -295,6 +295,17 @@ def refusal_for(exc: BaseException) -> tuple[int, str, str]:
     return 500, "internal_error", "internal error"
 
 
+def _detail(exc: BaseException) -> str:
+    """What gunicorn said, for the log: a header's name only when it is a plain token (a line
+    without a colon is quoted whole by gunicorn, and may be `Authorization Bearer ...`), and no
+    query string."""
+    hdr = getattr(exc, "hdr", None)
+    if isinstance(hdr, str):
+        shown = hdr if re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}", hdr) else f"<{len(hdr)} characters, not shown>"
+        return f"{type(exc).__name__}: {shown}"
+    return _no_query(str(exc))[:200]
+
+
 def json_error(status: int, code: str, message: str) -> bytes:
     body = json_bytes({"error": code, "message": message}) + b"\n"
     reason = {400: "Bad Request", 403: "Forbidden", 414: "URI Too Long", 417: "Expectation Failed",
@@ -318,7 +329,7 @@ class JsonErrors:
             self.log.exception("error handling request")
         else:
             logs.info("request refused", source="gunicorn", status=status, check="http", error=code,
-                      reason=message, detail=_no_query(str(exc))[:200], exception=type(exc).__name__,
+                      reason=message, detail=_detail(exc), exception=type(exc).__name__,
                       client=addr[0] if isinstance(addr, tuple) else str(addr))
         if req is None:
             req = getattr(exc, "req", None)  # the request line was read: it goes into the access log
