@@ -275,6 +275,8 @@ class Deliverer:
 
     def _failed(self, job: Job, spec: ActionSpec | None, error: DeliveryError, started: float) -> Outcome:
         latency = (time.perf_counter() - started) * 1000
+        # a destination's answer may quote our secrets (a Slack webhook's path): the store keeps no secret
+        error.message = self.get_config().redactor(error.message)
         now = now_ts()
         if spec is None:
             outcome = Outcome(job.id, job.lease_owner, job.action, job.attempts, Verdict.DEAD, now, error=error.message,

@@ -78,16 +78,22 @@ def authenticate(config: Config, spec: ProviderSpec, incoming: Incoming) -> None
     if spec.allow_from is not None:
         addr = client_address(incoming.remote_addr, incoming.headers, config.settings.trusted_proxies)
         if addr is None or not any(addr.version == net.version and addr in net for net in spec.allow_from):
-            raise AuthError("client address is not allowed", status=403, code="forbidden")
+            raise AuthError("client address is not allowed", status=403, code="forbidden", check="allow-list")
     if spec.token is not None:
-        given = incoming.query.get("token")
+        given, via = incoming.query.get("token"), "query parameter token"
         if given is None:
-            given = incoming.headers.get("x-router-token")
+            given, via = incoming.headers.get("x-router-token"), "header X-Router-Token"
         if given is None:
-            raise AuthError("missing token (query parameter 'token' or header X-Router-Token)")
+            raise AuthError("missing token (query parameter 'token' or header X-Router-Token)", check="token")
         if not spec.token.matches(given):
-            raise AuthError("token is not valid")
-    spec.impl.verify_request(incoming.body, incoming.headers, incoming.query_string)
+            raise AuthError("token is not valid", check="token", given_in=via)
+    try:
+        spec.impl.verify_request(incoming.body, incoming.headers, incoming.query_string)
+    except AuthError as exc:
+        header = getattr(spec.impl, "header", None)
+        if isinstance(header, str) and "header" not in exc.facts:
+            exc.facts["header"] = header
+        raise
 
 
 def accept(config: Config, spec: ProviderSpec, incoming: Incoming) -> Accepted:
