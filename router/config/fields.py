@@ -20,8 +20,7 @@ from router.errors import Problem
 from router.secret import Redactor, Secret
 from router.templates import StructuredTemplate, Template, TemplateError
 
-ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_ENV_RE = ENV_RE
+_ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

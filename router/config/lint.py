@@ -25,7 +25,7 @@ from router.config.source import PathT, fmt_path
 from router.errors import Problem
 from router.pipeline.conditions import Check, Group
 
-TEMPLATE_NAMES = ("payload", "headers", "query", "provider", "event_id", "received_at", "rule")
+TEMPLATE_NAMES = ("payload", "headers", "query", "provider", "event_id", "received_at", "rule", "event_type")
 _parser = jinja2.Environment()  # parsing only: the same syntax as the sandbox that renders
 OPEN = None  # a path the schema cannot rule out
 
@@ -79,6 +79,13 @@ def lint(ctx: Ctx, config: Config) -> list[Problem]:
         if isinstance(key, str):
             for message in _template_problems(key, {name}, schemas):
                 warn(("providers", name, "dedupe", "key"), message)
+
+    # the inspector's password over plain HTTP ---------------------------------------------------
+    inspector = config.settings.inspector
+    if inspector is not None and inspector.enabled and not inspector.behind_tls:
+        warn(("settings", "inspector"), f"the inspector is on at {inspector.path} and its password travels by HTTP "
+             "Basic: serve it on a loopback bind (router serve's default) or put TLS in front and set "
+             "behind_tls: true", at_key=True)
     return sorted(warnings, key=lambda p: (p.line, p.column))
 
 

@@ -171,6 +171,12 @@ def _build(ctx: Ctx) -> Config | None:
             else:
                 extra_paths[url_path] = name
 
+    if settings.inspector is not None:
+        ui = settings.inspector.path
+        for url_path, owner in extra_paths.items():
+            if url_path == ui or url_path.startswith(ui + "/"):
+                ctx.error(("settings", "inspector", "path"), f"path '{ui}' is also provider '{owner}''s path {url_path}")
+
     # actions ----------------------------------------------------------------
     actions: dict[str, ActionSpec] = {}
     actions_node = check_mapping(ctx, root.get("actions"), ("actions",), "actions")
@@ -273,6 +279,7 @@ def _build_provider(ctx: Ctx, name: str, node: Any, p: PathT) -> ProviderSpec | 
     if ctx.has_errors_under(p):
         return None
     options = {k: v for k, v in out.items() if k not in common}
+    dedupe_off = out["dedupe"] is DEDUPE_OFF
     return ProviderSpec(
         name=name,
         type=cls.type_name,
@@ -280,12 +287,21 @@ def _build_provider(ctx: Ctx, name: str, node: Any, p: PathT) -> ProviderSpec | 
         validator=validator,
         token=out["token"],
         allow_from=out["allow_from"],
-        dedupe=out["dedupe"],
+        dedupe=None if dedupe_off else out["dedupe"],
         paths=out["paths"] or [],
+        default_dedupe=not dedupe_off,
     )
 
 
-def _as_dedupe(ctx: Ctx, value: Any, path: PathT) -> Dedupe | None:
+DEDUPE_OFF = "off"  # `dedupe: off` (YAML reads a bare off as false): not even the provider's delivery id
+
+
+def _as_dedupe(ctx: Ctx, value: Any, path: PathT) -> Dedupe | str | None:
+    if value is False or value == DEDUPE_OFF:
+        return DEDUPE_OFF
+    if value is not None and not isinstance(value, dict):
+        ctx.error(path, f"dedupe must be a mapping with 'key' and 'window', or off; not {kind(value)}")
+        return None
     node = check_mapping(ctx, value, path, "dedupe")
     if node is None:
         return None

@@ -46,11 +46,18 @@ from router.errors import StoreError, StoreUnavailable
 from router.model import IngestResult, Job, JobState, NewEvent, Outcome, StoredEvent, Verdict, iso_utc
 from router.store.base import (
     AttemptRow,
+    Cursor,
+    DeadFilter,
+    DeadSummary,
     EventFilter,
+    EventSummary,
     JobRow,
+    Page,
     QueueGauges,
     attempt_view,
     dead_view,
+    json_literal,
+    json_path_steps,
     payload_view,
 )
 from router.store.uri import safe_uri, uri_password
@@ -252,6 +259,54 @@ def _translated(method: F) -> F:
             raise StoreError(self._scrub(f"{method.__name__}: {type(exc).__name__}: {exc}")) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+BROWSE_WINDOW = 1000  # events per window of a filtered listing (the time budget is checked after each)
+_MISSING = object()
+
+
+def _payload_matches(body: bytes, filt: EventFilter, steps: list[str | int] | None, want: Any) -> bool:
+    """The inspector's payload filters, in Python: bytes contain `text`; the value at `json_path` equals
+    `json_value` (a JSON scalar, with true/1 and "1"/1 told apart, as the SQLite back end does)."""
+    if filt.text and filt.text.encode("utf-8") not in body:
+        return False
+    if steps is None:
+        return True
+    try:
+        node: Any = json.loads(body)
+    except ValueError:
+        return False
+    for step in steps:
+        if isinstance(step, int) and isinstance(node, list) and 0 <= step < len(node):
+            node = node[step]
+        elif isinstance(step, str) and isinstance(node, dict) and step in node:
+            node = node[step]
+        else:
+            return False
+    if isinstance(want, bool) or want is None:
+        return node is want
+    if isinstance(want, (int, float)):
+        return isinstance(node, (int, float)) and not isinstance(node, bool) and node == want
+    return isinstance(node, str) and node == want
+
+
+def _dead_match(filt: DeadFilter) -> tuple[str, str, list[Any]]:
+    """The dead jobs `j` that `filt` takes: (FROM clause, WHERE clause, arguments)."""
+    where: list[str] = ["j.state = 'dead'"]
+    args: list[Any] = []
+    for column, value in (("j.action", filt.action), ("j.rule", filt.rule), ("e.provider", filt.provider),
+                          ("j.event_id", filt.event_id)):
+        if value:
+            where.append(f"{column} = %s")
+            args.append(value)
+    if filt.since is not None:
+        where.append("j.updated_ts >= %s")
+        args.append(filt.since)
+    if filt.until is not None:
+        where.append("j.updated_ts < %s")
+        args.append(filt.until)
+    source = "jobs j JOIN events e ON e.id = j.event_id" if filt.provider else "jobs j"
+    return source, " AND ".join(where), args
 
 
 def _stored_event(row: Sequence[Any]) -> StoredEvent:
@@ -807,6 +862,105 @@ class PostgresStore:
                                " (SELECT count(*) FROM attempts)").fetchone()
         assert row is not None
         return {"events": row[0], "jobs": row[1], "attempts": row[2]}
+
+    # ------------------------------------------------------------------ the inspector's pages
+
+    @_translated
+    def browse_events(self, filt: EventFilter, after: Cursor | None = None, *, scan: int = 100_000,
+                      budget: float = 0.04, body_limit: int = 16384) -> Page:
+        """Events newest first. Provider, rule, state and time are filtered in SQL; the payload filters
+        (text, JSON path) in Python over windows of the newest events, until the page is full, `scan`
+        events were examined or `budget` seconds went by (then `exhausted`, to go on from `next`)."""
+        where: list[str] = []
+        args: list[Any] = []
+        for term, value in (("received_ts >= %s", filt.since), ("received_ts < %s", filt.until),
+                            ("provider = %s", filt.provider or None), ("matched ? %s", filt.rule or None),
+                            ("EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id AND jobs.state = %s)",
+                             filt.state or None)):
+            if value is not None:
+                where.append(term)
+                args.append(value)
+        steps = json_path_steps(filt.json_path) if filt.json_path else None
+        want = json_literal(filt.json_value or "") if steps is not None else None
+        by_payload = bool(filt.text) or steps is not None
+        started = time.monotonic()
+        found: list[Any] = []
+        examined = 0
+        position = after
+        with self._pool().connection() as conn:
+            while True:
+                older = ["received_ts <= %s AND (received_ts < %s OR id < %s)"] if position else []
+                older_args = [position.ts, position.ts, position.key] if position else []
+                window = max(1, min(BROWSE_WINDOW, scan - examined)) if by_payload else filt.limit + 1 - len(found)
+                clause = ("WHERE " + " AND ".join(where + older)) if where or older else ""
+                rows = conn.execute(
+                    "SELECT id, received_at, received_ts, provider, matched, body, headers FROM events"
+                    f" {clause} ORDER BY received_ts DESC, id DESC LIMIT %s", (*args, *older_args, window),
+                ).fetchall()
+                examined += len(rows)
+                for row in rows:
+                    if not by_payload or _payload_matches(bytes(row[5]), filt, steps, want):
+                        found.append(row)
+                        if len(found) > filt.limit:
+                            page = found[: filt.limit]
+                            return Page(self._summaries(conn, page, body_limit), Cursor(page[-1][2], page[-1][0]),
+                                        scanned=examined)
+                if len(rows) < window:  # the end of the listing
+                    return Page(self._summaries(conn, found, body_limit), None, scanned=examined)
+                position = Cursor(rows[-1][2], rows[-1][0])
+                if examined >= scan or time.monotonic() - started >= budget:
+                    return Page(self._summaries(conn, found, body_limit), position, exhausted=True, scanned=examined)
+
+    @staticmethod
+    def _summaries(conn: psycopg.Connection, rows: list[Any], body_limit: int) -> list[EventSummary]:
+        if not rows:
+            return []
+        ids = [r[0] for r in rows]
+        states: dict[str, dict[str, int]] = {i: {} for i in ids}
+        for event_id, state, n in conn.execute(
+                "SELECT event_id, state, count(*) FROM jobs WHERE event_id = ANY(%s) GROUP BY event_id, state", (ids,)):
+            states[event_id][state] = n
+        last = {r[0]: r[1:] for r in conn.execute(
+            "SELECT DISTINCT ON (j.event_id) j.event_id, a.at_ts, a.status, a.error FROM jobs j"
+            " JOIN attempts a ON a.job_id = j.id WHERE j.event_id = ANY(%s) ORDER BY j.event_id, a.at_ts DESC", (ids,))}
+        out = []
+        for event_id, received_at, received_ts, provider, matched, body, headers in rows:
+            last_at, last_status, last_error = last.get(event_id, (None, None, None))
+            out.append(EventSummary(event_id, received_at, received_ts, provider, list(matched), states[event_id],
+                                    last_at, last_status, last_error,
+                                    bytes(body) if len(body) <= body_limit else None, json.loads(headers)))
+        return out
+
+    @_translated
+    def browse_dead(self, filt: DeadFilter, after: Cursor | None = None) -> Page:
+        source, where, args = _dead_match(filt)
+        if after is not None:
+            where += " AND j.updated_ts <= %s AND (j.updated_ts < %s OR j.id < %s)"
+            args += [after.ts, after.ts, int(after.key) if after.key.isdigit() else 0]
+        with self._pool().connection() as conn:
+            rows = conn.execute(
+                "SELECT p.id, p.event_id, e.provider, p.rule, p.action, p.attempts, p.updated_ts, p.last_status,"
+                " p.last_error FROM (SELECT j.* FROM"
+                f" {source} WHERE {where} ORDER BY j.updated_ts DESC, j.id DESC LIMIT %s) p"
+                " LEFT JOIN events e ON e.id = p.event_id ORDER BY p.updated_ts DESC, p.id DESC",
+                (*args, filt.limit + 1),
+            ).fetchall()
+        more = len(rows) > filt.limit
+        out = [DeadSummary(*r) for r in rows[: filt.limit]]
+        return Page(out, Cursor(out[-1].dead_ts, str(out[-1].job_id)) if more else None)
+
+    @_translated
+    def count_dead_matching(self, filt: DeadFilter) -> int:
+        source, where, args = _dead_match(filt)
+        return int(self._one(f"SELECT count(*) FROM {source} WHERE {where}", args))
+
+    @_translated
+    def replay_dead_matching(self, filt: DeadFilter) -> int:
+        source, where, args = _dead_match(filt)
+        return self._write(
+            f"UPDATE jobs SET state = 'pending', next_ts = {NOW}, updated_ts = {NOW}, lease_owner = NULL,"
+            f" round_start = attempts WHERE id IN (SELECT j.id FROM {source} WHERE {where})", args,
+        )
 
     def close(self) -> None:
         self._closed.set()

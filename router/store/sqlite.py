@@ -24,9 +24,11 @@ import fcntl
 import functools
 import json
 import os
+import re
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,15 +37,22 @@ from router.errors import StoreError, StoreUnavailable
 from router.model import IngestResult, Job, JobState, NewEvent, Outcome, StoredEvent, Verdict, iso_utc, now_ts
 from router.store.base import (
     AttemptRow,
+    Cursor,
+    DeadFilter,
+    DeadSummary,
     EventFilter,
+    EventSummary,
     JobRow,
+    Page,
     QueueGauges,
     attempt_view,
     dead_view,
+    json_literal,
+    json_path_steps,
     payload_view,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: no rules snapshot in `meta`
 ROWS_PER_INSERT = 64  # rows per multi-row INSERT of a batch (a statement of its own per count, cached)
 BUSY_TIMEOUT_MS = 5000
 INGEST_BUSY_TIMEOUT_MS = 2000
@@ -102,9 +111,28 @@ CREATE TABLE IF NOT EXISTS rates (action TEXT PRIMARY KEY, next_ts REAL NOT NULL
 """
 
 
+def not_writable(path: Path) -> str | None:
+    """Why this process cannot write the store's files (its folder, the database, its WAL and
+    shared-memory index), or None when it can."""
+    for target, mode in ((path.parent, os.W_OK | os.X_OK), (path, os.R_OK | os.W_OK),
+                         (Path(f"{path}-wal"), os.R_OK | os.W_OK), (Path(f"{path}-shm"), os.R_OK | os.W_OK)):
+        if target.exists() and not os.access(target, mode):
+            return f"{target} is not writable"
+    return None
+
+
 def connect(path: Path) -> sqlite3.Connection:
-    """A connection in WAL mode with `synchronous=NORMAL`: commits are not synced here (see WalSync)."""
+    """A connection in WAL mode with `synchronous=NORMAL`: commits are not synced here (see WalSync).
+
+    Refused (sqlite3.OperationalError) while the store's files are not writable, rather than
+    opened read-only as SQLite would: a read-only connection stays read-only after the files
+    are writable again, and while one is open every new connection of the process shares its
+    read-only WAL index, so one worker that (re)started in that window would fail every write
+    until it was restarted."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    reason = not_writable(path)
+    if reason is not None:
+        raise sqlite3.OperationalError(f"attempt to write a readonly database: {reason}")
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False,
                            cached_statements=4 * ROWS_PER_INSERT)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -123,11 +151,21 @@ def init_schema(conn: sqlite3.Connection) -> None:
             return  # nothing to write: a store locked by someone else still opens
     except sqlite3.OperationalError:
         pass  # no meta table yet
+    # version 1 kept a copy of the rules file in `meta`, inline secrets and all (router.config.lastgood
+    # keeps it now): delete it with its bytes overwritten, not merely unlinked from the b-tree
+    secure_delete = conn.execute("PRAGMA secure_delete").fetchone()[0]
+    conn.execute("PRAGMA secure_delete = ON")
     with _transaction(conn):
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        conn.execute("DELETE FROM meta WHERE key LIKE 'last_good_rules:%'")
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    conn.execute(f"PRAGMA secure_delete = {int(secure_delete)}")  # this connection may live on (pruning stays fast)
+    try:  # and out of the WAL, whose older frames still hold it
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error:
+        pass  # busy readers: the next checkpoint moves the overwritten pages in
 
 
 class WriteLock:
@@ -307,15 +345,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _translated(method: F) -> F:
-    """sqlite3's errors (and the OS's) leave the store as StoreError, saying what failed."""
+    """sqlite3's errors (and the OS's) leave the store as StoreError, saying what failed; a fault
+    other than contention makes this process's connections be opened again (see _fault)."""
 
     @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: SqliteStore, *args: Any, **kwargs: Any) -> Any:
         try:
-            return method(*args, **kwargs)
+            return method(self, *args, **kwargs)
         except StoreError:
             raise
         except (sqlite3.Error, OSError) as exc:
+            self._fault(exc)
             raise StoreError(f"{method.__name__}: {type(exc).__name__}: {exc}") from exc
 
     return wrapper  # type: ignore[return-value]
@@ -335,6 +375,76 @@ def _dead_filter(action: str | None, since: float | None) -> tuple[str, list[Any
         where.append("updated_ts >= ?")
         args.append(since)
     return " AND ".join(where), args
+
+
+_VERBATIM = re.compile(r"^[A-Za-z0-9 _.,:;@#%+=-]+$")
+_BROWSE_WINDOW = 1000  # events per window of a filtered listing (the time budget is checked after each)
+
+
+def _sqlite_json_path(steps: list[str | int]) -> str:
+    return "$" + "".join(f"[{s}]" if isinstance(s, int) else '."' + s.replace('"', '""') + '"' for s in steps)
+
+
+def _event_match(filt: EventFilter) -> tuple[list[str], list[Any]]:
+    """The event filters no index answers (SQL terms over `events`, and their arguments)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if filt.provider:
+        where.append("provider = ?")
+        args.append(filt.provider)
+    if filt.rule:
+        # instr is a cheap first look; json_each makes it exact
+        where.append("instr(matched, ?) > 0 AND EXISTS (SELECT 1 FROM json_each(events.matched) WHERE value = ?)")
+        args += [json.dumps(filt.rule), filt.rule]
+    if filt.state:
+        where.append("EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id AND jobs.state = ?)")
+        args.append(filt.state)
+    if filt.text:
+        where.append("instr(body, ?) > 0")
+        args.append(filt.text.encode("utf-8"))
+    if filt.json_path:
+        path = _sqlite_json_path(json_path_steps(filt.json_path))
+        value = json_literal(filt.json_value or "")
+        if isinstance(value, str) and _VERBATIM.match(value):
+            # such a string is in the raw bytes as it is (no JSON writer escapes these characters), so a
+            # byte search rules out most events before any JSON is parsed
+            where.append("instr(body, ?) > 0")
+            args.append(value.encode("ascii"))
+        doc = "CASE WHEN json_valid(CAST(body AS TEXT)) THEN CAST(body AS TEXT) END"
+        if isinstance(value, bool) or value is None:
+            where.append(f"json_type({doc}, ?) = ?")
+            args += [path, "null" if value is None else ("true" if value else "false")]
+        elif isinstance(value, (int, float)):
+            where.append(f"json_type({doc}, ?) IN ('integer', 'real') AND json_extract({doc}, ?) = ?")
+            args += [path, path, value]
+        else:
+            where.append(f"json_type({doc}, ?) = 'text' AND json_extract({doc}, ?) = ?")
+            args += [path, path, value]
+    return where, args
+
+
+def _dead_match(filt: DeadFilter) -> tuple[str, str, list[Any]]:
+    """The dead jobs `j` that `filt` takes: (FROM clause, WHERE clause, arguments). Events are
+    joined (as `e`) only when the provider filter needs them."""
+    where: list[str] = ["j.state = 'dead'"]
+    args: list[Any] = []
+    for column, value in (("j.action", filt.action), ("j.rule", filt.rule), ("e.provider", filt.provider),
+                          ("j.event_id", filt.event_id)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if filt.since is not None:
+        where.append("j.updated_ts >= ?")
+        args.append(filt.since)
+    if filt.until is not None:
+        where.append("j.updated_ts < ?")
+        args.append(filt.until)
+    source = "jobs j JOIN events e ON e.id = j.event_id" if filt.provider else "jobs j"
+    return source, " AND ".join(where), args
+
+
+def _where(terms: list[str]) -> str:
+    return ("WHERE " + " AND ".join(terms)) if terms else ""
 
 
 def _stored_event(row: Sequence[Any]) -> StoredEvent:
@@ -358,23 +468,51 @@ class SqliteStore:
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.write_lock = WriteLock(self.path)
-        conn = connect(self.path)
-        try:
-            init_schema(conn)
-        finally:
-            conn.close()
+        self._generation = 0  # bumped by a fault: every connection of this process is opened again
+        self._schema_pending = True
+        if self.path.exists() and not_writable(self.path):
+            pass  # a read-only store still opens (it serves 503s); the schema is checked once it can be written
+        else:
+            self._connect().close()
         self._committer: _GroupCommitter | None = None
         self._committer_lock = threading.Lock()
 
     # ------------------------------------------------------------------ connections
 
+    def _connect(self) -> sqlite3.Connection:
+        conn = connect(self.path)
+        if self._schema_pending:
+            try:
+                init_schema(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._schema_pending = False
+        return conn
+
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection (ingest has its own, in _GroupCommitter)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
-            conn = self._local.conn = connect(self.path)
-            self._local.pid = os.getpid()
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid() or local.generation != self._generation:
+            if conn is not None and local.pid == os.getpid():
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            local.conn = None
+            local.generation = self._generation
+            conn = local.conn = self._connect()
+            local.pid = os.getpid()
         return conn
+
+    def _fault(self, exc: BaseException) -> None:
+        """After a failure that is not contention (a read-only file, an I/O error), open every
+        connection again before its next use: one opened in a bad moment must not outlive it."""
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            return
+        self._generation += 1
 
     # ------------------------------------------------------------------ ingest
 
@@ -452,13 +590,19 @@ class SqliteStore:
         return IngestResult(e.id, e.matched, len(e.jobs))
 
     def writable(self) -> bool:
-        """Can we take the write lock right now?"""
+        """Are the files writable, and can we take the write lock right now?
+
+        (BEGIN IMMEDIATE alone proves nothing: SQLite grants it to a read-only connection too, and
+        a connection opened before a chmod still writes through its file descriptor.)"""
+        if not_writable(self.path):
+            return False
         try:
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("ROLLBACK")
             return True
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            self._fault(exc)
             return False
 
     def readiness(self, min_free_bytes: int) -> str:
@@ -645,24 +789,6 @@ class SqliteStore:
         return events, jobs
 
     @_translated
-    def save_rules_snapshot(self, rules_path: str, text: str) -> None:
-        """Keep the last rules text that loaded, so a worker can fall back to it."""
-        conn = self._conn()
-        key = f"last_good_rules:{rules_path}"
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if row is not None and row[0] == text:
-            return
-        with _transaction(conn, self.write_lock):
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, text))
-
-    @_translated
-    def rules_snapshot(self, rules_path: str) -> str | None:
-        row = self._conn().execute(
-            "SELECT value FROM meta WHERE key = ?", (f"last_good_rules:{rules_path}",)
-        ).fetchone()
-        return row[0] if row else None
-
-    @_translated
     def replay_dead(self, *, action: str | None = None, since: float | None = None) -> int:
         """Re-queue every dead job (of `action`, dead since `since`)."""
         now = now_ts()
@@ -817,6 +943,118 @@ class SqliteStore:
         return {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                 for table in ("events", "jobs", "attempts")}
 
+    # ------------------------------------------------------------------ the inspector's pages
+
+    @_translated
+    def browse_events(self, filt: EventFilter, after: Cursor | None = None, *, scan: int = 100_000,
+                      budget: float = 0.04, body_limit: int = 16384) -> Page:
+        conn = self._conn()
+        span: list[str] = []  # what the received_ts index answers
+        span_args: list[Any] = []
+        if filt.since is not None:
+            span.append("received_ts >= ?")
+            span_args.append(filt.since)
+        if filt.until is not None:
+            span.append("received_ts < ?")
+            span_args.append(filt.until)
+        rest, rest_args = _event_match(filt)
+        columns = ("SELECT id, received_at, received_ts, provider, matched, CASE WHEN length(body) <= ? THEN body END,"
+                   " headers FROM events")
+        order = "ORDER BY received_ts DESC, id DESC"
+
+        def older(c: Cursor | None) -> tuple[list[str], list[Any]]:
+            if c is None:
+                return [], []
+            return ["received_ts <= ? AND (received_ts < ? OR id < ?)"], [c.ts, c.ts, c.key]
+
+        if not rest:  # the index alone: one walk, as long as the page
+            where, args = older(after)
+            clause = _where(span + where)
+            rows = conn.execute(f"{columns} {clause} {order} LIMIT ?",
+                                (body_limit, *span_args, *args, filt.limit + 1)).fetchall()
+            more = len(rows) > filt.limit
+            rows = rows[: filt.limit]
+            return Page(self._summaries(conn, rows), Cursor(rows[-1][2], rows[-1][0]) if more else None)
+
+        # a filter no index answers: examine windows of the newest events until the page is full,
+        # `scan` events were looked at, or `budget` seconds went by, however rare the match
+        started = time.monotonic()
+        found: list[Any] = []
+        examined = 0
+        position = after
+        while True:
+            window = max(1, min(_BROWSE_WINDOW, scan - examined))
+            where, args = older(position)
+            boundary = conn.execute(f"SELECT received_ts, id FROM events {_where(span + where)} {order} LIMIT 1 OFFSET ?",
+                                    (*span_args, *args, window - 1)).fetchone()
+            inside, inside_args = list(where), list(args)
+            if boundary is not None:
+                inside.append("received_ts >= ? AND (received_ts > ? OR id >= ?)")
+                inside_args += [boundary[0], boundary[0], boundary[1]]
+            need = filt.limit - len(found)
+            found += conn.execute(f"{columns} {_where(span + inside + rest)} {order} LIMIT ?",
+                                  (body_limit, *span_args, *inside_args, *rest_args, need + 1)).fetchall()
+            examined += window
+            if len(found) > filt.limit:
+                rows = found[: filt.limit]
+                return Page(self._summaries(conn, rows), Cursor(rows[-1][2], rows[-1][0]), scanned=examined)
+            if boundary is None:
+                return Page(self._summaries(conn, found), None, scanned=examined)
+            position = Cursor(boundary[0], boundary[1])
+            if len(found) == filt.limit:
+                return Page(self._summaries(conn, found), position, scanned=examined)
+            if examined >= scan or time.monotonic() - started >= budget:
+                return Page(self._summaries(conn, found), position, exhausted=True, scanned=examined)
+
+    @staticmethod
+    def _summaries(conn: sqlite3.Connection, rows: list[Any]) -> list[EventSummary]:
+        out = []
+        for event_id, received_at, received_ts, provider, matched, body, headers in rows:
+            states = dict(conn.execute(
+                "SELECT state, count(*) FROM jobs WHERE event_id = ? GROUP BY state", (event_id,)).fetchall())
+            last = conn.execute(
+                "SELECT a.at_ts, a.status, a.error FROM jobs j JOIN attempts a ON a.job_id = j.id"
+                " WHERE j.event_id = ? ORDER BY a.at_ts DESC LIMIT 1", (event_id,)).fetchone()
+            last_at, last_status, last_error = last or (None, None, None)
+            out.append(EventSummary(event_id, received_at, received_ts, provider, json.loads(matched), states,
+                                    last_at, last_status, last_error, None if body is None else bytes(body),
+                                    json.loads(headers)))
+        return out
+
+    @_translated
+    def browse_dead(self, filt: DeadFilter, after: Cursor | None = None) -> Page:
+        source, where, args = _dead_match(filt)
+        if after is not None:
+            where += " AND j.updated_ts <= ? AND (j.updated_ts < ? OR j.id < ?)"
+            args += [after.ts, after.ts, int(after.key) if after.key.isdigit() else 0]
+        # the page first, then its events' providers: a join before the sort would touch every dead letter
+        rows = self._conn().execute(
+            "SELECT p.id, p.event_id, e.provider, p.rule, p.action, p.attempts, p.updated_ts, p.last_status,"
+            " p.last_error FROM (SELECT j.* FROM"
+            f" {source} WHERE {where} ORDER BY j.updated_ts DESC, j.id DESC LIMIT ?) p"
+            " LEFT JOIN events e ON e.id = p.event_id ORDER BY p.updated_ts DESC, p.id DESC", (*args, filt.limit + 1),
+        ).fetchall()
+        more = len(rows) > filt.limit
+        out = [DeadSummary(*r) for r in rows[: filt.limit]]
+        return Page(out, Cursor(out[-1].dead_ts, str(out[-1].job_id)) if more else None)
+
+    @_translated
+    def count_dead_matching(self, filt: DeadFilter) -> int:
+        source, where, args = _dead_match(filt)
+        return self._conn().execute(f"SELECT count(*) FROM {source} WHERE {where}", args).fetchone()[0]
+
+    @_translated
+    def replay_dead_matching(self, filt: DeadFilter) -> int:
+        now = now_ts()
+        source, where, args = _dead_match(filt)
+        conn = self._conn()
+        with _transaction(conn, self.write_lock):
+            return conn.execute(
+                "UPDATE jobs SET state = 'pending', next_ts = ?, updated_ts = ?, lease_owner = NULL,"
+                f" round_start = attempts WHERE id IN (SELECT j.id FROM {source} WHERE {where})",
+                (now, now, *args),
+            ).rowcount
+
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
@@ -848,6 +1086,7 @@ class _GroupCommitter:
         self._pending: list[_Waiter] = []
         self._leading = False
         self._conn: sqlite3.Connection | None = None
+        self._generation = store._generation
 
     def alive(self, pid: int) -> bool:
         return pid == self.pid
@@ -902,8 +1141,11 @@ class _GroupCommitter:
         """Commit a batch under the write lock (its fsync comes after, in _answer)."""
         batch: list[_Waiter] = []
         try:
+            if self._conn is not None and self._generation != self.store._generation:
+                self._close()  # a fault elsewhere in this process: open again
             if self._conn is None:
-                self._conn = connect(self.store.path)
+                self._generation = self.store._generation
+                self._conn = self.store._connect()
                 # a store locked by another program: answer 503 soon rather than hold the request
                 self._conn.execute(f"PRAGMA busy_timeout = {INGEST_BUSY_TIMEOUT_MS}")
             results = self.store._ingest_batch(self._conn, lambda: self._take(batch))
@@ -911,13 +1153,17 @@ class _GroupCommitter:
             if not batch:  # it failed before taking its batch (no lock, no connection)
                 self._take(batch)
             results = [exc] * len(batch)
-            if self._conn is not None:
-                try:
-                    self._conn.close()
-                except sqlite3.Error:
-                    pass
-                self._conn = None
+            self.store._fault(exc)
+            self._close()
         return batch, results
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
 
     def _answer(self, batch: list[_Waiter], results: list[IngestResult | Exception]) -> None:
         """Make the batch durable, then wake its requests."""

@@ -15,16 +15,12 @@ from gunicorn.arbiter import Arbiter
 
 from router import logs, metrics
 from router.config.loader import load
+from router.config.model import Config
 from router.errors import ConfigError
 
 
 def default_workers() -> int:
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
-
-
-# gunicorn's default access log prints the request line with its query string, where a `token`
-# may ride (Namirial's setup): log the path only.
-ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'
 
 
 class _Arbiter(Arbiter):
@@ -60,8 +56,7 @@ class RouterApplication(BaseApplication):
         try:
             _Arbiter(self).run()
         except RuntimeError as exc:
-            sys.stderr.write(f"\nError: {exc}\n\n")
-            sys.stderr.flush()
+            logs.error("gunicorn could not start", error=str(exc))
             sys.exit(1)
 
 
@@ -105,16 +100,19 @@ def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: in
     for warning in config.warnings:  # what `router validate` warns about, once, from the master
         logs.warning("rules file warning", problem=str(warning))
     metrics.init(config.settings.store)  # the master counts reloads; workers inherit the folder
+    _warn_if_inspector_in_the_clear(config, bind)
     options = {
         "bind": bind,
         "workers": workers or default_workers(),
-        "worker_class": "router.web.worker.RouterWorker",  # gthread that gives threads whole requests only
+        # gthread that gives threads whole requests only, answers what gunicorn refuses in JSON, and
+        # prints gunicorn's own lines as the router's redacted JSON (router/web/worker.py)
+        "worker_class": "router.web.worker.RouterWorker",
+        "logger_class": "router.web.worker.JsonLogger",
         "threads": threads,
         "timeout": timeout,
         "graceful_timeout": 30,
         "keepalive": 5,
         "accesslog": "-" if access_log else None,
-        "access_log_format": ACCESS_LOG_FORMAT,
         "errorlog": "-",
         "proc_name": "router",
         "limit_request_line": 8190,
@@ -124,3 +122,27 @@ def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: in
         **_control_options(config.settings.store, bind),
     }
     RouterApplication(options).run()
+
+
+def _loopback(bind: str) -> bool:
+    """Is every address `bind` (HOST:PORT, [V6]:PORT or unix:PATH) on this host only?"""
+    import ipaddress
+
+    if bind.startswith("unix:"):
+        return True
+    host = bind.rsplit(":", 1)[0] if ":" in bind else bind
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_if_inspector_in_the_clear(config: Config, bind: str) -> None:
+    inspector = config.settings.inspector
+    if inspector is not None and inspector.enabled and not inspector.behind_tls and not _loopback(bind):
+        logs.warning("the inspector is on and the bind address is not loopback: HTTP Basic sends its password "
+                     "in the clear, so put TLS in front (a reverse proxy) or bind to 127.0.0.1",
+                     bind=bind, path=inspector.path)

@@ -4,21 +4,17 @@ store, and, where this process delivers too, its delivery workers."""
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from router import logs, metrics
-from router.config.fields import ENV_RE
+from router.config import lastgood
 from router.config.loader import load, loads
 from router.config.model import Config
-from router.config.settings import STORE_ENV
 from router.errors import ConfigError, Problem
-from router.store import Store, describe, is_postgres, open_store
+from router.store import Store, describe, open_store
 
 WATCH_INTERVAL = 2.0  # seconds between looks at the rules file
 
@@ -96,9 +92,9 @@ class RouterState:
     def remember_good_rules(self) -> None:
         if self.rules_path is not None and self.config.source_text and self.stale_reason is None:
             try:
-                self.store.save_rules_snapshot(str(self.rules_path), self.config.source_text)
-            except Exception as exc:  # a read-only store still serves
-                logs.warning("could not keep a copy of the rules in the store", error=str(exc))
+                lastgood.save(self.rules_path, self.config.source_text)
+            except OSError as exc:  # the service still serves; only the fallback is lost
+                logs.warning("could not keep a copy of the rules that loaded", error=str(exc))
 
     def _file_stamp(self) -> tuple | None:
         if self.rules_path is None:
@@ -126,51 +122,16 @@ class RouterState:
 
 
 def recover(rules_path: Path, problems: list[Problem]) -> Config | None:
-    """The last rules that loaded from this file, read back from the store, or None.
+    """The last rules that loaded from this file (see router.config.lastgood), or None.
 
     Used when a worker starts (after a reload) and finds the file invalid: it keeps serving the
-    old rules instead of failing to boot and taking the service down. The store is found as the
-    loader would find it (ROUTER_STORE, else settings.store with its ${VAR}s, else the default),
-    read from the raw YAML since the file as a whole does not load.
+    old rules instead of failing to boot and taking the service down.
     """
     rules_path = rules_path.resolve()
-    location: str | Path = rules_path.parent / "var" / "router.db"
     try:
-        raw = yaml.safe_load(rules_path.read_text("utf-8"))
-        configured = raw.get("settings", {}).get("store") if isinstance(raw, dict) else None
-        if isinstance(configured, str):
-            configured = _expand_env(configured)
-        configured = os.environ.get(STORE_ENV) or configured
-        if isinstance(configured, str) and configured:
-            if is_postgres(configured):
-                location = configured
-            else:
-                p = Path(configured).expanduser()
-                location = p if p.is_absolute() else rules_path.parent / p
-    except Exception:
-        pass
-    if not is_postgres(location) and not Path(location).exists():
-        return None
-    try:
-        store = open_store(location)
-        try:
-            text = store.rules_snapshot(str(rules_path))
-        finally:
-            store.close()
+        text = lastgood.read(rules_path)
         if text is None:
             return None
         return loads(text, str(rules_path), base_dir=rules_path.parent)
     except Exception:
         return None
-
-
-def _expand_env(text: str) -> str:
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$${":
-            return "${"
-        value = os.environ.get(m.group(1), m.group(2))
-        if value is None:
-            raise KeyError(m.group(1))
-        return value
-
-    return ENV_RE.sub(sub, text)
