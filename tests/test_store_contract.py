@@ -311,13 +311,6 @@ def test_prune_deletes_what_is_delivered_and_keeps_the_rest(store: Store) -> Non
     assert store.attempts(dead_id) == []
 
 
-def test_rules_snapshot_round_trip(store: Store, other: Store) -> None:
-    assert store.rules_snapshot("/x/rules.yaml") is None
-    store.save_rules_snapshot("/x/rules.yaml", "version: 1\n")
-    store.save_rules_snapshot("/x/rules.yaml", "version: 1\n# two\n")
-    assert other.rules_snapshot("/x/rules.yaml") == "version: 1\n# two\n"
-
-
 # --------------------------------------------------------------------------- read models
 
 

@@ -697,17 +697,6 @@ class PostgresStore:
         return events, jobs
 
     @_translated
-    def save_rules_snapshot(self, rules_path: str, text: str) -> None:
-        self._write("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-                    " WHERE meta.value IS DISTINCT FROM excluded.value", (f"last_good_rules:{rules_path}", text))
-
-    @_translated
-    def rules_snapshot(self, rules_path: str) -> str | None:
-        with self._pool().connection() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = %s", (f"last_good_rules:{rules_path}",)).fetchone()
-        return row[0] if row else None
-
-    @_translated
     def clock(self) -> float:
         return float(self._one(f"SELECT {NOW}"))
 
