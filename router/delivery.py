@@ -110,6 +110,11 @@ class Deliverer:
             self._threads.append(t)
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="router-dispatch", daemon=True)
         self._dispatcher.start()
+        try:
+            # other hosts' (and processes') new jobs wake this one at once where the store can tell
+            self.store.on_new_jobs(self.kick)
+        except Exception as exc:  # polling still finds the work
+            logs.warning("cannot listen for new jobs; polling only", error=f"{type(exc).__name__}: {exc}")
         return self
 
     def alive(self) -> bool:
