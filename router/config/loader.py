@@ -43,6 +43,7 @@ from router.errors import ConfigError, Problem
 from router.pipeline import payload as schemas
 from router.pipeline.conditions import Rule, RuleSet, compile_condition
 from router.providers import PROVIDER_TYPES, Provider
+from router.templates import Template
 
 # --------------------------------------------------------------------------- loading
 
@@ -252,10 +253,23 @@ def _as_dedupe(ctx: Ctx, value: Any, path: PathT) -> Dedupe | None:
     node = check_mapping(ctx, value, path, "dedupe")
     if node is None:
         return None
-    out = convert_fields(ctx, node, path, {"key": Field(as_template, required=True), "window": Field(as_duration, default=86400.0)})
+    out = convert_fields(ctx, node, path, {"key": Field(_as_dedupe_key, required=True),
+                                           "window": Field(as_duration, default=86400.0)})
     if out["key"] is None:
         return None
     return Dedupe(out["key"], out["window"] if out["window"] is not None else 86400.0)
+
+
+def _as_dedupe_key(ctx: Ctx, value: Any, path: PathT) -> Template | list[Template] | None:
+    """One template, or a list of them: the list is the unambiguous form for a key of several values."""
+    if not isinstance(value, list):
+        return as_template(ctx, value, path)
+    if not value:
+        ctx.error(path, "dedupe.key is an empty list; give one template per value, e.g. "
+                        "[\"{{ payload.event }}\", \"{{ payload.asset_id }}\"]")
+        return None
+    parts = [as_template(ctx, item, path + (i,)) for i, item in enumerate(value)]
+    return None if any(p is None for p in parts) else parts  # type: ignore[return-value]
 
 
 def _build_action(ctx: Ctx, name: str, node: Any, p: PathT, settings: Settings) -> ActionSpec | None:
