@@ -1,8 +1,10 @@
 """The rules file as YAML: plain Python values, plus the line and column where every node stands.
 
-Loaded with PyYAML's SafeLoader only (no tags that build objects), node by node, so that each value
-and each key keeps its mark for `FILE:LINE:COL` messages, duplicate keys are caught, alias cycles
-and alias bombs are refused, and the raw text of a key is kept (`on:` stays "on", not True).
+Loaded with PyYAML's safe loader only (libyaml's when present; no tags that build objects), node by
+node, so that each value and each key keeps its mark for `FILE:LINE:COL` messages, duplicate keys
+are caught, alias cycles and alias bombs are refused, and the raw text of a key is kept (`on:` stays
+"on", not True). Size is bounded three ways, each with its own message: bytes before parsing, nodes
+as written, and nodes that aliases add.
 """
 
 from __future__ import annotations
@@ -26,18 +28,50 @@ class Source:
     key_marks: dict[PathT, tuple[int, int]]
 
 
-MAX_NODES = 200_000  # an alias bomb expands past this; no honest rules file comes near it
+MAX_BYTES = 32 * 1024 * 1024  # refused before parsing; about 250,000 rules
+MAX_NODES = 3_000_000  # nodes as written (each scalar, list and mapping once)
+MAX_ALIAS_NODES = 200_000  # nodes that aliases add when expanded: an alias bomb passes this, no honest file does
+
+# libyaml's parser is three to four times faster than PyYAML's own, and refuses nesting deeper than
+# 1000 levels itself; the marks and the safe constructor are the same
+_Loader: Any = getattr(yaml, "CSafeLoader", None) if getattr(yaml, "__with_libyaml__", False) else None
+_Loader = _Loader or yaml.SafeLoader
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 class _TooBig(Exception):
     pass
 
 
+def _written_nodes(root: yaml.Node, limit: int) -> int:
+    """How many distinct nodes the document has as written (an alias is the node it names);
+    stops counting past `limit`."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack and len(seen) <= limit:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.append(key)
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return len(seen)
+
+
 def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | None:
     value_marks: dict[PathT, tuple[int, int]] = {}
     key_marks: dict[PathT, tuple[int, int]] = {}
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_BYTES:
+        problems.append(Problem(filename, 1, 1, "yaml", f"the file is {size:,} bytes, more than the {MAX_BYTES:,} "
+                                "a rules file may be"))
+        return None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
     except yaml.YAMLError as exc:  # e.g. a control character the YAML reader refuses
         problems.append(_yaml_problem(filename, exc))
         return None
@@ -60,6 +94,12 @@ def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | No
             return None
         if root is None:
             return Source(filename, None, value_marks, key_marks)
+        written = _written_nodes(root, MAX_NODES)
+        if written > MAX_NODES:
+            problems.append(Problem(filename, 1, 1, "yaml", f"the file has more than {MAX_NODES:,} YAML nodes "
+                                    "(scalars, lists and mappings as written), the most a rules file may have"))
+            return None
+        expanded_limit = written + MAX_ALIAS_NODES
 
         def pos(node: yaml.Node) -> tuple[int, int]:
             return node.start_mark.line + 1, node.start_mark.column + 1
@@ -69,7 +109,7 @@ def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | No
 
         def convert(node: yaml.Node, path: PathT) -> Any:
             count[0] += 1
-            if count[0] > MAX_NODES:
+            if count[0] > expanded_limit:
                 raise _TooBig()
             if id(node) in on_path:
                 line, col = pos(node)
@@ -82,6 +122,8 @@ def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | No
                     return convert_collection(node, path)
                 finally:
                     on_path.discard(id(node))
+            if node.tag == _STR_TAG:
+                return node.value  # what the constructor would return, without its bookkeeping
             try:
                 return loader.construct_object(node, deep=True)
             except (yaml.YAMLError, ValueError, OverflowError) as exc:
@@ -111,8 +153,8 @@ def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | No
         try:
             data = convert(root, ())
         except _TooBig:
-            problems.append(Problem(filename, 1, 1, "yaml", f"the file expands to more than {MAX_NODES:,} nodes "
-                                    "(aliases repeated inside aliases?)"))
+            problems.append(Problem(filename, 1, 1, "yaml", f"aliases expand the file by more than {MAX_ALIAS_NODES:,} "
+                                    f"nodes beyond the {written:,} written (aliases repeated inside aliases?)"))
             return None
         except RecursionError:
             problems.append(Problem(filename, 1, 1, "yaml", "the file is nested too deeply to read"))
