@@ -1,25 +1,84 @@
-"""The command line: `router validate | test | serve | worker | events | dead-letters | replay | sign`.
+"""The command line: `router validate | test | serve | worker | events | dead-letters | replay | backup |
+sign | keygen | sink`.
 
-Errors reach the user as one clear line (click's ClickException, exit 1; UsageError, exit 2),
-never as a traceback; secrets never appear in what is printed.
+One convention: every command that needs the rules file takes it as its first argument, or as
+`--rules FILE`, or from `$ROUTER_RULES`. Store commands load it leniently (only `settings:` must be
+valid, and unset ${VAR}s elsewhere do not matter), so they work without the service's secrets.
+
+Exit codes: 0 done; 1 invalid, not found, or nothing to do; 2 usage (a bad option, a missing
+file); 130 interrupted. Errors reach the user as one clear line, never a traceback. Everything
+printed passes through `safe_text`/`safe_json`: a payload-controlled control character (an escape
+sequence in a dead-letter reason) is shown escaped, never sent raw to the terminal; and secrets
+never appear.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 import click
 
 from router import __version__
-from router.config.fields import did_you_mean
-from router.config.loader import load
+from router.config.fields import did_you_mean, parse_duration
+from router.config.loader import load, load_for_store
 from router.config.model import Config
-from router.errors import ConfigError, RequestError, SchemaError, StoreError
+from router.errors import ConfigError, StoreError
+from router.secret import Redactor
 from router.store.base import Store
+
+# --------------------------------------------------------------------------- terminal safety
+
+# C0 controls but newline and tab, DEL, C1 controls, and the invisible bidi/format marks that
+# can make text display as something else
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+_UNSAFE_CELL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    code = ord(m.group(0))
+    return {9: "\\t", 10: "\\n", 13: "\\r"}.get(code) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def safe_text(text: str) -> str:
+    """Text for a terminal: control characters shown as escapes (\\x1b), line breaks kept."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def safe_cell(text: str) -> str:
+    """One table cell: also line breaks and tabs escaped, so a row stays one line."""
+    return _UNSAFE_CELL.sub(_escape, text)
+
+
+def safe_json(text: str) -> str:
+    """JSON text (json.dumps already escapes C0): what remains is escaped as JSON's \\uXXXX."""
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+
+
+def echo(text: str, *, err: bool = False) -> None:
+    click.echo(safe_text(text), err=err)
+
+
+def dumps(value: Any, *, indent: int | None = None) -> str:
+    return safe_json(json.dumps(value, indent=indent, ensure_ascii=False, default=str))
+
+
+class _EscapingStream:
+    """Wraps stderr for click's own error messages, which quote what the user typed."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(safe_text(text))
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 class Invalid(click.ClickException):
@@ -29,7 +88,53 @@ class Invalid(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         if self.message:
-            click.echo(self.message, err=True)
+            echo(self.message, err=True)
+
+
+def usage(message: str) -> click.UsageError:
+    """Exit 2, with the command's usage line."""
+    return click.UsageError(message, ctx=click.get_current_context(silent=True))
+
+
+# --------------------------------------------------------------------------- the rules file
+
+RULES_HELP = "The rules file (instead of the first argument); default $ROUTER_RULES."
+
+
+def rules_option(f: Any) -> Any:
+    return click.option("--rules", "rules_opt", default=None, metavar="FILE", help=RULES_HELP)(f)
+
+
+def _rules_path(given: str | None, option: str | None) -> str:
+    if given is not None and option is not None:
+        raise usage("give the rules file once: as the first argument or with --rules, not both")
+    path = given or option or os.environ.get("ROUTER_RULES")
+    if not path:
+        raise usage("no rules file: give it as the first argument, with --rules FILE, or in $ROUTER_RULES")
+    if not Path(path).exists():
+        raise usage(f"rules file {path} does not exist")
+    if not Path(path).is_file():
+        raise usage(f"rules file {path} is not a file")
+    return path
+
+
+def _split(args: tuple[str, ...], option: str | None, names: list[str], optional: int = 0) -> tuple[str, list[str | None]]:
+    """Positional arguments -> (rules file, the command's own arguments). The rules file is the
+    first argument when one more than the command's own is given; otherwise it comes from
+    --rules or $ROUTER_RULES. The last `optional` of `names` may be left out."""
+    most, least = len(names), len(names) - optional
+    n = len(args)
+    if n > most + 1:
+        raise usage(f"too many arguments: expected {' '.join(['[RULES]', *names])}")
+    from_elsewhere = option is not None or bool(os.environ.get("ROUTER_RULES"))
+    if n == most + 1 or (n > least and not from_elsewhere):
+        rules, own = _rules_path(args[0], option), list(args[1:])
+    elif n >= least:
+        rules, own = _rules_path(None, option), list(args)
+    else:
+        missing = names[n]
+        raise usage(f"missing argument {missing}")
+    return rules, own + [None] * (most - len(own))
 
 
 def _load(rules: str, *, problems_to_stdout: bool = False) -> Config:
@@ -37,40 +142,45 @@ def _load(rules: str, *, problems_to_stdout: bool = False) -> Config:
         return load(rules)
     except ConfigError as exc:
         for problem in exc.problems:
-            click.echo(str(problem), err=not problems_to_stdout)
+            echo(str(problem), err=not problems_to_stdout)
         raise Invalid(f"{rules}: {len(exc.problems)} problem(s) found") from None
-
-
-def _rules_option(f: Any) -> Any:
-    return click.option(
-        "--rules",
-        "rules",
-        envvar="ROUTER_RULES",
-        required=True,
-        type=click.Path(dir_okay=False),
-        help="The rules file (default: $ROUTER_RULES).",
-    )(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="router")
 def cli() -> None:
-    """The router: receive webhooks, prove them authentic, validate, route and deliver them."""
+    """The router: receive webhooks, prove them authentic, validate, route and deliver them.
+
+    Every command that needs the rules file takes it as its first argument, or --rules FILE,
+    default $ROUTER_RULES. Exit codes: 0 done, 1 invalid or not found, 2 usage (a bad option,
+    a missing file). Shell completion: eval "$(_ROUTER_COMPLETE=bash_source router)".
+    """
 
 
 # --------------------------------------------------------------------------- validate
 
 
 @cli.command()
-@click.argument("rules", type=click.Path(dir_okay=False))
-def validate(rules: str) -> None:
+@click.argument("rules", required=False, metavar="[RULES]")
+@rules_option
+@click.option("--strict", is_flag=True, help="Treat warnings as errors (exit 1).")
+def validate(rules: str | None, rules_opt: str | None, strict: bool) -> None:
     """Check a rules file: YAML, structure, references, regexes, templates, schemas, env vars.
 
-    Prints OK and a summary, or one line per problem as FILE:LINE:COL: path: message.
-    Exit 0 when valid, 1 when not.
+    Prints OK and a summary, or one line per problem as FILE:LINE:COL: path: message. Warnings
+    (a field the provider's schema does not have, an unknown template variable, an unused
+    action) are printed the same way and do not fail the check unless --strict.
+    Exit 0 when valid, 1 when not, 2 on usage (a missing file).
     """
-    config = _load(rules, problems_to_stdout=True)
-    click.echo(f"OK: {rules}: {config.summary()}")
+    path = _rules_path(rules, rules_opt)
+    config = _load(path, problems_to_stdout=True)
+    for warning in config.warnings:
+        echo(str(warning))
+    n = len(config.warnings)
+    if strict and n:
+        raise Invalid(f"{path}: {n} warning(s), failing because of --strict")
+    note = f" ({n} warning{'s' if n != 1 else ''})" if n else ""
+    echo(f"OK: {path}: {config.summary()}{note}")
 
 
 # --------------------------------------------------------------------------- test
@@ -80,101 +190,128 @@ def _pairs(values: tuple[str, ...], sep: str, what: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for value in values:
         if sep not in value:
-            raise click.UsageError(f"{what} '{value}' must look like NAME{sep}VALUE")
+            raise usage(f"{what} '{value}' must look like NAME{sep}VALUE")
         k, v = value.split(sep, 1)
         out[k.strip()] = v.strip() if sep == ":" else v
     return out
 
 
+def _read_payload(payload: str | None) -> bytes:
+    if payload is None or payload == "-":
+        if payload is None and sys.stdin.isatty():
+            raise usage("give a PAYLOAD file, or pipe the event on stdin")
+        return sys.stdin.buffer.read()
+    try:
+        return Path(payload).read_bytes()
+    except FileNotFoundError:
+        raise usage(f"payload file {payload} does not exist") from None
+    except OSError as exc:
+        raise usage(f"cannot read {payload}: {exc.strerror or exc}") from None
+
+
 @cli.command("test")
-@click.argument("rules", type=click.Path(dir_okay=False))
-@click.argument("payload", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--provider", "provider_name", required=True, help="The provider (a key under providers:).")
+@click.argument("args", nargs=-1, metavar="[RULES] [PAYLOAD]")
+@rules_option
+@click.option("--provider", "provider_name", default=None, help="The provider (a key under providers:); "
+              "required unless --event.")
+@click.option("--event", "event_id", default=None, metavar="ID", help="Take a stored event (payload, headers, "
+              "query, provider) from the store instead of PAYLOAD.")
 @click.option("--header", "headers", multiple=True, metavar="K:V", help="A request header (repeatable).")
 @click.option("--query", "query", multiple=True, metavar="K=V", help="A query parameter (repeatable).")
 @click.option("--expect", "expect", multiple=True, metavar="RULE", help="A rule that must match (repeatable); "
               "with any --expect, the matched rules must be exactly this set.")
+@click.option("--explain", is_flag=True, help="For every rule: matched or not, the condition that failed and the "
+              "value the event had there; where a stop: true rule ended evaluation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def test_cmd(rules: str, payload: str, provider_name: str, headers: tuple[str, ...], query: tuple[str, ...],
-             expect: tuple[str, ...], as_json: bool) -> None:
-    """Dry run: validate PAYLOAD as PROVIDER would send it, show the matching rules and each rendered
-    action. Sends nothing and skips the signature check.
+def test_cmd(args: tuple[str, ...], rules_opt: str | None, provider_name: str | None, event_id: str | None,
+             headers: tuple[str, ...], query: tuple[str, ...], expect: tuple[str, ...], explain: bool,
+             as_json: bool) -> None:
+    """Dry run: what the router would do with an event. Validates the payload as PROVIDER would send
+    it, shows the matching rules and each action rendered as it would be sent. Sends nothing and
+    skips the signature check.
 
-    Exit 0, or 1 when the payload is invalid or the matched rules are not exactly the --expect set.
+    PAYLOAD is a file, or - (or nothing) for stdin. With one argument and --rules or $ROUTER_RULES
+    given, the argument is the PAYLOAD. Exit 0, or 1 when the payload is invalid, the event is
+    not found, or the matched rules are not exactly the --expect set.
     """
-    from router.actions.base import Delivery
-    from router.errors import DeliveryError
-    from router.model import iso_utc, new_event_id, now_ts
-    from router.pipeline import payload as payloads
-    from router.pipeline.conditions import EventView
+    from router.pipeline.explain import explain as explain_event
+    from router.pipeline.explain import pretty, render_text
 
+    if event_id is not None:
+        rules, own = _split(args, rules_opt, [])
+    else:
+        rules, own = _split(args, rules_opt, ["PAYLOAD"], optional=1)
+        if provider_name is None:
+            raise usage("--provider is required (or --event ID to take a stored event)")
     config = _load(rules)
-    spec = config.providers.get(provider_name)
-    if spec is None:
-        hint = did_you_mean(provider_name, config.providers)
-        raise click.UsageError(f"no provider named '{provider_name}'{hint}; known: {', '.join(config.providers)}")
-    try:
-        body = sys.stdin.buffer.read() if payload == "-" else Path(payload).read_bytes()
-    except OSError as exc:
-        raise click.UsageError(f"cannot read {payload}: {exc.strerror or exc}") from None
     header_map = {k.lower(): v for k, v in _pairs(headers, ":", "--header").items()}
     query_map = _pairs(query, "=", "--query")
-
-    try:
-        data = payloads.parse_body(body)
-        payloads.validate(spec.validator, data)
-    except SchemaError as exc:
-        click.echo(f"payload invalid for provider '{provider_name}' (HTTP 422):", err=True)
-        for d in exc.detail:
-            click.echo(f"  {'.'.join(str(x) for x in d['loc'])}: {d['msg']} ({d['type']})", err=True)
-        raise Invalid("") from None
-    except RequestError as exc:
-        raise Invalid(f"payload invalid for provider '{provider_name}' (HTTP {exc.status}): {exc.message}") from None
-
-    view = EventView(data, header_map, query_map, provider_name)
-    matched = config.router.match(view)
-    received = now_ts()
-    event_id = new_event_id(received)
-    result: dict[str, Any] = {"provider": provider_name, "matched": [r.name for r in matched], "actions": []}
-    for rule in matched:
-        for action_name in rule.actions:
-            action = config.actions[action_name]
-            delivery = Delivery(event_id, provider_name, rule.name, action_name, 1, iso_utc(received),
-                                header_map, query_map, body, header_map.get("content-type", "application/json"))
-            try:
-                rendered = action.impl.preview(delivery)
-                entry = {"rule": rule.name, "action": action_name, "type": action.type, "rendered": rendered}
-            except DeliveryError as exc:
-                entry = {"rule": rule.name, "action": action_name, "type": action.type, "error": exc.message}
-            result["actions"].append(entry)
-
-    redact = config.redactor
-    if as_json:
-        click.echo(redact(json.dumps(result, indent=2, ensure_ascii=False)))
+    received_at = content_type = None
+    if event_id is not None:
+        stored = _open_store(rules, config.settings.store, config.settings.durability, config.redactor).event(event_id)
+        if stored is None:
+            raise Invalid(f"no event {event_id}")
+        provider_name = provider_name or stored.provider
+        body, received_at, content_type = stored.body, stored.received_at, stored.content_type
+        header_map = {**stored.headers, **header_map}
+        query_map = {**stored.query, **query_map}
     else:
-        click.echo(f"payload: valid for provider '{provider_name}' ({spec.type})")
-        click.echo(f"matched: {', '.join(result['matched']) if matched else '(no rule)'}")
-        for entry in result["actions"]:
-            click.echo(f"- rule {entry['rule']} -> action {entry['action']} ({entry['type']})")
-            if "error" in entry:
-                click.echo(f"    would fail permanently: {redact(entry['error'])}")
+        body = _read_payload(own[0])
+    assert provider_name is not None
+    if provider_name not in config.providers:
+        hint = did_you_mean(provider_name, config.providers)
+        raise usage(f"no provider named '{provider_name}'{hint}; known: {', '.join(config.providers)}")
+
+    ex = explain_event(config, provider_name, body, header_map, query_map, content_type=content_type,
+                       event_id=event_id, received_at=received_at)
+    redact = config.redactor
+    if not ex.valid:
+        if as_json:
+            echo(redact(dumps(ex.to_dict(), indent=2)))
+        if ex.violations:
+            echo(f"payload invalid for provider '{provider_name}' (HTTP {ex.status}):", err=True)
+            for d in ex.violations:
+                echo(f"  {'.'.join(str(x) for x in d['loc'])}: {d['msg']} ({d['type']})", err=True)
+            raise Invalid("")
+        raise Invalid(f"payload invalid for provider '{provider_name}' (HTTP {ex.status}): {ex.error}")
+
+    if as_json:
+        if explain:
+            echo(redact(dumps(ex.to_dict(), indent=2)))
+        else:
+            entries = []
+            for a in ex.actions:
+                entry: dict[str, Any] = {"rule": a.rule, "action": a.action, "type": a.type}
+                entry.update({"error": a.error} if a.error is not None else {"rendered": a.rendered})
+                entries.append(entry)
+            result = {"provider": provider_name, "matched": ex.matched, "actions": entries}
+            echo(redact(dumps(result, indent=2)))
+    elif explain:
+        echo(redact(render_text(ex)))
+    else:
+        echo(f"payload: valid for provider '{provider_name}' ({ex.provider_type})")
+        echo(f"matched: {', '.join(ex.matched) if ex.matched else '(no rule)'}")
+        for a in ex.actions:
+            echo(f"- rule {a.rule} -> action {a.action} ({a.type})")
+            if a.error is not None:
+                echo(f"    would fail permanently: {redact(a.error)}")
             else:
-                text = json.dumps(entry["rendered"], indent=2, ensure_ascii=False)
-                click.echo(redact("\n".join("    " + line for line in text.splitlines())))
+                echo(redact("\n".join("    " + line for line in pretty(a.rendered).splitlines())))
     if expect:
-        wanted, got = set(expect), set(result["matched"])
+        wanted, got = set(expect), set(ex.matched)
         if wanted != got:
             missing = ", ".join(sorted(wanted - got)) or "none"
             extra = ", ".join(sorted(got - wanted)) or "none"
             raise Invalid(f"expectation failed: missing {missing}; unexpected {extra}")
-        click.echo("expectation met")
+        echo("expectation met")
 
 
 # --------------------------------------------------------------------------- serve / worker
 
 
 @cli.command()
-@click.argument("rules", type=click.Path(dir_okay=False))
+@click.argument("rules", required=False, metavar="[RULES]")
+@rules_option
 @click.option("--bind", "-b", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--workers", "-w", type=click.IntRange(1, 64), default=None,
               help="Worker processes [default: 2 x cores, at most 8].")
@@ -182,20 +319,22 @@ def test_cmd(rules: str, payload: str, provider_name: str, headers: tuple[str, .
 @click.option("--timeout", type=click.IntRange(1, 3600), default=30, show_default=True, help="Worker timeout (s).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="Access log on stdout.")
 @click.option("--no-delivery", is_flag=True, help="Serve HTTP only (run `router worker` elsewhere).")
-def serve(rules: str, bind: str, workers: int | None, threads: int, timeout: int, access_log: bool,
-          no_delivery: bool) -> None:
+def serve(rules: str | None, rules_opt: str | None, bind: str, workers: int | None, threads: int, timeout: int,
+          access_log: bool, no_delivery: bool) -> None:
     """Run the service under gunicorn. This process is the gunicorn master: HUP reloads, TERM stops."""
     from router.web.server import run
 
-    _load(rules)  # fail fast, with validate's messages, before any worker starts
-    run(str(Path(rules).resolve()), bind=bind, workers=workers, threads=threads, timeout=timeout,
+    path = _rules_path(rules, rules_opt)
+    _load(path)  # fail fast, with validate's messages, before any worker starts
+    run(str(Path(path).resolve()), bind=bind, workers=workers, threads=threads, timeout=timeout,
         access_log=access_log, delivery=not no_delivery)
 
 
 @cli.command()
-@click.argument("rules", type=click.Path(dir_okay=False), envvar="ROUTER_RULES")
+@click.argument("rules", required=False, metavar="[RULES]")
+@rules_option
 @click.option("--concurrency", type=click.IntRange(1, 256), default=None, help="Deliveries in flight at once.")
-def worker(rules: str, concurrency: int | None) -> None:
+def worker(rules: str | None, rules_opt: str | None, concurrency: int | None) -> None:
     """Deliver only, for deployments that split web and delivery. TERM stops after in-flight attempts."""
     import signal
     import threading
@@ -203,9 +342,10 @@ def worker(rules: str, concurrency: int | None) -> None:
     from router import logs
     from router.web.state import RouterState
 
-    config = _load(rules)
+    path = _rules_path(rules, rules_opt)
+    config = _load(path)
     logs.setup(config.redactor)
-    state = RouterState(config, Path(rules))
+    state = RouterState(config, Path(path))
     if concurrency:
         config.settings.delivery_concurrency = concurrency
     state.start_delivery()
@@ -216,9 +356,9 @@ def worker(rules: str, concurrency: int | None) -> None:
 
     def reload(signum: int, frame: Any) -> None:
         try:
-            state.config = load(rules)
+            state.config = load(path)
             logs.use_redactor(state.config.redactor)
-            logs.info("rules reloaded", rules=str(rules))
+            logs.info("rules reloaded", rules=str(path))
         except ConfigError as exc:
             logs.error("rules reload failed; keeping the old rules", problems=[str(p) for p in exc.problems])
 
@@ -235,17 +375,50 @@ def worker(rules: str, concurrency: int | None) -> None:
 # --------------------------------------------------------------------------- store inspection
 
 
-def _store(rules: str) -> tuple[Config, Store]:
+def _open_store(rules: str, location: Any, durability: str, redactor: Redactor) -> Store:
     from router.store import is_postgres, open_store
 
-    config = _load(rules)
-    location = config.settings.store
     if not is_postgres(location) and not Path(location).exists():
         raise Invalid(f"no store yet at {location} (nothing received)")
     try:
-        return config, open_store(location, config.settings.durability)
+        return open_store(location, durability)
     except StoreError as exc:
-        raise Invalid(config.redactor(f"cannot open the store: {exc}")) from None
+        raise Invalid(redactor(f"cannot open the store: {exc}")) from None
+
+
+def _store(rules: str) -> tuple[Redactor, Store]:
+    """The store of a rules file, read leniently: the service's secrets need not be set."""
+    try:
+        settings, redactor = load_for_store(rules)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            echo(str(problem), err=True)
+        raise Invalid(f"{rules}: cannot find the store ({len(exc.problems)} problem(s) under settings)") from None
+    return redactor, _open_store(rules, settings.store, settings.durability, redactor)
+
+
+def parse_when(text: str, now: float | None = None) -> float:
+    """An ISO 8601 time (UTC unless it says otherwise), or a duration ago (`1h`, `30m`, `2d`)."""
+    import time
+
+    seconds = parse_duration(text)
+    if seconds is not None:
+        return (time.time() if now is None else now) - seconds
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is neither an ISO time (2026-12-01T09:30:00Z) nor a duration "
+                                 "ago (30m, 1h, 2d)") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
+
+
+def _when_option(name: str, help: str) -> Any:
+    def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+        return None if value is None else parse_when(value)
+
+    return click.option(name, default=None, metavar="TIME", callback=convert, help=help)
 
 
 @cli.group()
@@ -254,29 +427,39 @@ def events() -> None:
 
 
 @events.command("list")
-@_rules_option
+@click.argument("rules", required=False, metavar="[RULES]")
+@rules_option
 @click.option("--provider", default=None, help="Only this provider's events.")
+@click.option("--rule", default=None, help="Only events that matched this rule.")
+@click.option("--state", type=click.Choice(["pending", "delivered", "dead"]), default=None,
+              help="Only events with a delivery in this state.")
+@_when_option("--since", "Received at or after: an ISO time, or a duration ago (1h, 30m, 2d).")
+@_when_option("--until", "Received before: an ISO time, or a duration ago.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def events_list(rules: str, provider: str | None, limit: int, as_json: bool) -> None:
-    """The newest events, with their delivery states."""
+def events_list(rules: str | None, rules_opt: str | None, provider: str | None, rule: str | None, state: str | None,
+                since: float | None, until: float | None, limit: int, as_json: bool) -> None:
+    """Stored events, newest first, with their delivery states."""
     from router.store import EventFilter
 
-    config, store = _store(rules)
-    rows = store.list_events(EventFilter(provider=provider, limit=limit))
-    _print_rows(rows, as_json, ["event_id", "received_at", "provider", "matched", "deliveries"], config)
+    redact, store = _store(_rules_path(rules, rules_opt))
+    rows = store.list_events(EventFilter(provider=provider, rule=rule, state=state, since=since, until=until,
+                                         limit=limit))
+    _print_rows(rows, as_json, ["event_id", "received_at", "provider", "matched", "deliveries"], redact)
 
 
 @events.command("show")
-@_rules_option
-@click.argument("event_id")
-def events_show(rules: str, event_id: str) -> None:
+@click.argument("args", nargs=-1, metavar="[RULES] EVENT_ID")
+@rules_option
+def events_show(args: tuple[str, ...], rules_opt: str | None) -> None:
     """One event: headers, payload, and every delivery with its attempts. Exit 1 when not found."""
-    config, store = _store(rules)
+    rules, (event_id,) = _split(args, rules_opt, ["EVENT_ID"])
+    assert event_id is not None
+    redact, store = _store(rules)
     found = store.show_event(event_id)
     if found is None:
         raise Invalid(f"no event {event_id}")
-    click.echo(config.redactor(json.dumps(found, indent=2, ensure_ascii=False, default=str)))
+    echo(redact(dumps(found, indent=2)))
 
 
 @cli.group("dead-letters")
@@ -285,44 +468,101 @@ def dead_letters() -> None:
 
 
 @dead_letters.command("list")
-@_rules_option
+@click.argument("rules", required=False, metavar="[RULES]")
+@rules_option
 @click.option("--action", default=None, help="Only this action's dead letters.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def dead_letters_list(rules: str, action: str | None, limit: int, as_json: bool) -> None:
+def dead_letters_list(rules: str | None, rules_opt: str | None, action: str | None, limit: int,
+                      as_json: bool) -> None:
     """Dead-lettered deliveries, newest first, with the reason. Replay one with `router replay JOB_ID`."""
-    config, store = _store(rules)
+    redact, store = _store(_rules_path(rules, rules_opt))
     rows = store.list_dead(action=action, limit=limit)
-    _print_rows(rows, as_json, ["job_id", "event_id", "rule", "action", "attempts", "status", "dead_at", "reason"], config)
+    _print_rows(rows, as_json, ["job_id", "event_id", "rule", "action", "attempts", "status", "dead_at", "reason"],
+                redact)
 
 
 @cli.command()
-@_rules_option
-@click.argument("ident", metavar="ID")
-def replay(rules: str, ident: str) -> None:
-    """Re-queue a dead-lettered delivery (by job id), or all dead deliveries of an event (by event id)."""
-    _, store = _store(rules)
-    count = store.replay(ident)
+@click.argument("args", nargs=-1, metavar="[RULES] [ID]")
+@rules_option
+@click.option("--action", default=None, help="Every dead letter of this action.")
+@_when_option("--since", "Dead letters that died at or after this time (ISO, or a duration ago: 1h).")
+@click.option("--all-dead", is_flag=True, help="Every dead letter.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before re-queueing (needed when stdin is not a terminal).")
+def replay(args: tuple[str, ...], rules_opt: str | None, action: str | None, since: float | None, all_dead: bool,
+           yes: bool) -> None:
+    """Re-queue dead-lettered deliveries: one job (JOB_ID), every dead delivery of an event (EVENT_ID),
+    or those a filter selects (--action, --since, --all-dead), after saying how many.
+
+    Exit 1 when the id is unknown or has nothing dead (each said plainly), or nothing matches.
+    """
+    filtering = action is not None or since is not None or all_dead
+    if filtering:
+        rules, (ident,) = _split(args, rules_opt, ["ID"], optional=1)
+        if ident is not None:
+            raise usage("give an ID or a filter (--action, --since, --all-dead), not both")
+    else:
+        if not args:
+            raise usage("give a JOB_ID or EVENT_ID, or a filter: --action NAME, --since TIME, --all-dead")
+        rules, (ident,) = _split(args, rules_opt, ["ID"])
+    redact, store = _store(rules)
+    if ident is not None:
+        count = store.replay(ident)
+        if count:
+            echo(f"re-queued {count} deliver{'y' if count == 1 else 'ies'}")
+            return
+        raise Invalid(_why_nothing_to_replay(store, ident))
+
+    what = ", ".join(x for x in (f"action {action}" if action else "",
+                                 f"dead since {_iso(since)}" if since is not None else "") if x) or "all"
+    count = store.count_dead(action=action, since=since)
     if count == 0:
-        raise Invalid(f"no dead-lettered delivery for {ident}")
-    click.echo(f"re-queued {count} deliver{'y' if count == 1 else 'ies'}")
+        raise Invalid(f"no dead-lettered delivery matches ({what})")
+    echo(f"{count} dead-lettered deliver{'y' if count == 1 else 'ies'} match ({what})")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise usage("stdin is not a terminal: add --yes to re-queue without a prompt")
+        if not click.confirm("Re-queue them?", default=False):
+            raise Invalid("nothing re-queued")
+    done = store.replay_dead(action=action, since=since)
+    echo(f"re-queued {done} deliver{'y' if done == 1 else 'ies'}")
 
 
-def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: list[str], config: Config) -> None:
-    redact = config.redactor
+def _why_nothing_to_replay(store: Store, ident: str) -> str:
+    if ident.isdigit():
+        job = store.job(int(ident))
+        if job is not None:
+            hint = " (it is still being tried)" if job.state == "pending" else ""
+            return f"job {ident} is {job.state}, not dead: nothing to replay{hint}"
+    if store.event(ident) is not None:
+        states: dict[str, int] = {}
+        for j in store.jobs(event_id=ident):
+            states[j.state] = states.get(j.state, 0) + 1
+        shown = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no deliveries"
+        return f"event {ident} has no dead deliveries ({shown}): nothing to replay"
+    return f"no job or event {ident}"
+
+
+def _iso(ts: float | None) -> str:
+    from router.model import iso_utc
+
+    return iso_utc(ts) if ts is not None else "-"
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: list[str], redact: Redactor) -> None:
     if as_json:
         for row in rows:
-            click.echo(redact(json.dumps(row, ensure_ascii=False, default=str)))
+            echo(redact(dumps(row)))
         return
     if not rows:
-        click.echo("(none)")
+        echo("(none)")
         return
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[safe_cell(redact(_cell(row.get(c)))) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     widths[-1] = len(columns[-1])  # the last column runs free
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
     for r in cells:
-        click.echo(redact("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()))
+        echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
 def _cell(value: Any) -> str:
@@ -336,40 +576,44 @@ def _cell(value: Any) -> str:
 
 
 @cli.command()
-@_rules_option
-@click.argument("destination", type=click.Path(dir_okay=False))
-def backup(rules: str, destination: str) -> None:
+@click.argument("args", nargs=-1, metavar="[RULES] DESTINATION")
+@rules_option
+def backup(args: tuple[str, ...], rules_opt: str | None) -> None:
     """Copy the store to DESTINATION while the router runs (SQLite's online backup; pg_dump for PostgreSQL)."""
-    config, store = _store(rules)
+    rules, (destination,) = _split(args, rules_opt, ["DESTINATION"])
+    assert destination is not None
+    redact, store = _store(rules)
     dest = Path(destination)
     if dest.exists():
         raise Invalid(f"{destination} exists; give a new file name")
     try:
-        click.echo(store.backup(dest))
+        echo(store.backup(dest))
     except StoreError as exc:
-        raise Invalid(config.redactor(str(exc))) from None
+        raise Invalid(redact(str(exc))) from None
 
 
-# --------------------------------------------------------------------------- sign
+# --------------------------------------------------------------------------- sign / keygen / sink
 
 
 @cli.command()
-@_rules_option
+@click.argument("args", nargs=-1, metavar="[RULES] [PAYLOAD]")
+@rules_option
 @click.option("--provider", "provider_name", required=True, help="The provider to sign as.")
 @click.option("--private-key", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="PEM P-256 private key, to sign as an ES256 (Panjaya) provider.")
+              help="PEM P-256 private key, to sign as an ES256 (Panjaya) provider (make one: router keygen).")
 @click.option("--curl", "curl_url", default=None, metavar="URL", help="Print a curl command for this URL.")
-@click.argument("payload", type=click.Path(dir_okay=False, allow_dash=True))
-def sign(rules: str, provider_name: str, private_key: str | None, curl_url: str | None, payload: str) -> None:
-    """Print the headers PROVIDER would send with PAYLOAD, to test locally with curl."""
+def sign(args: tuple[str, ...], rules_opt: str | None, provider_name: str, private_key: str | None,
+         curl_url: str | None) -> None:
+    """Print the headers PROVIDER would send with PAYLOAD (a file, or - for stdin), to test locally with curl."""
     import shlex
 
+    rules, (payload,) = _split(args, rules_opt, ["PAYLOAD"], optional=1)
     config = _load(rules)
     spec = config.providers.get(provider_name)
     if spec is None:
         hint = did_you_mean(provider_name, config.providers)
-        raise click.UsageError(f"no provider named '{provider_name}'{hint}")
-    body = sys.stdin.buffer.read() if payload == "-" else Path(payload).read_bytes()
+        raise usage(f"no provider named '{provider_name}'{hint}")
+    body = _read_payload(payload)
     key = Path(private_key).read_bytes() if private_key else None
     try:
         headers = spec.impl.sign(body, key)
@@ -380,21 +624,81 @@ def sign(rules: str, provider_name: str, private_key: str | None, curl_url: str 
         parts = ["curl", "-sS", "-X", "POST", curl_url]
         for k, v in headers.items():
             parts += ["-H", f"{k}: {v}"]
-        parts += ["--data-binary", f"@{payload}"]
-        click.echo(" ".join(shlex.quote(p) for p in parts))
+        parts += ["--data-binary", f"@{payload or '-'}"]
+        echo(" ".join(shlex.quote(p) for p in parts))
     else:
         for k, v in headers.items():
-            click.echo(f"{k}: {v}")
+            echo(f"{k}: {v}")
     if spec.token is not None:
-        click.echo("# this provider also needs its token: ?token=... or X-Router-Token (not printed)", err=True)
+        echo("# this provider also needs its token: ?token=... or X-Router-Token (not printed)", err=True)
+
+
+@cli.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.option("--name", default="panjaya-test", show_default=True, help="File names: NAME.key.pem, NAME.pub.pem.")
+def keygen(directory: str, name: str) -> None:
+    """Write a P-256 key pair, to try Panjaya-style (ES256) signing locally.
+
+    Give the public half to a panjaya provider (public_key_file: NAME.pub.pem) and sign with the
+    private half: router sign --provider NAME --private-key NAME.key.pem PAYLOAD.
+    The private key is written readable by you only; existing files are never overwritten.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise usage("--name may use only letters, digits, '_', '-' and '.'")
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = folder / f"{name}.key.pem", folder / f"{name}.pub.pem"
+    for p in (private_path, public_path):
+        if p.exists():
+            raise Invalid(f"{p} exists; not overwriting it (give another --name or folder)")
+    key = ec.generate_private_key(ec.SECP256R1())
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private_pem)
+    fd = os.open(public_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(public_pem)
+    echo(f"private key: {private_path} (mode 600; keep it out of the rules file)")
+    echo(f"public key:  {public_path}")
+    echo(f"use it: public_key_file: {public_path.resolve()}   (in the panjaya provider's entry)")
+    echo(f"        router sign --provider NAME --private-key {private_path} PAYLOAD")
+
+
+@cli.command()
+@click.option("--bind", "-b", default="127.0.0.1:9000", show_default=True,
+              help="HOST:PORT to listen on (port 0: any free port).")
+@click.option("--max-body", type=click.IntRange(1, 64 << 20), default=1 << 20, show_default=True,
+              help="Bytes of one body it reads; a larger one gets 413.")
+def sink(bind: str, max_body: int) -> None:
+    """A destination that prints every request it receives and answers 200 `ok` (Slack's success
+    answer), to try forward and slack actions locally. Ctrl-C stops it."""
+    from router.sink import serve_sink
+
+    host, _, port = bind.rpartition(":")
+    if not host or not port.isdigit():
+        raise usage(f"--bind '{bind}' must look like HOST:PORT")
+    serve_sink(host, int(port), max_body, lambda text: echo(text))
 
 
 def main() -> NoReturn:
     try:
-        cli.main(prog_name="router")
+        code = cli.main(prog_name="router", standalone_mode=False)
+    except click.exceptions.Abort:
+        echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show(file=_EscapingStream(sys.stderr))  # type: ignore[arg-type]
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # a bug of ours: one line, not a traceback
-        click.echo(f"router: internal error: {type(exc).__name__}: {exc}", err=True)
+        echo(f"router: internal error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

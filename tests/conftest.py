@@ -1,7 +1,7 @@
 """Fixtures: per-session key material, a real gunicorn serving the router, real downstream servers, the CLI.
 
-The helpers themselves (signing, RouterServer, Downstream, run_cli) are in tests/helpers.py so test
-modules can import them; this file only hands them out with the right lifetimes.
+The helpers themselves (signing, RouterServer, Downstream, run_cli, ...) are in tests/support/, one copy
+of each, so test modules can import them; this file only hands them out with the right lifetimes.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from cryptography.hazmat.primitives.asymmetric import ec
-from helpers import Downstream, Reply, RouterServer, new_p256_key, public_pem, run_cli
+from support import Downstream, Reply, RouterServer, new_p256_key, public_pem, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +67,13 @@ def module_downstream() -> Iterator[Downstream]:
     """A recording HTTP server shared by a module (for servers whose rules point at it)."""
     with Downstream(Reply(200, b"ok")) as ds:
         yield ds
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[requests.Session]:
+    """One HTTP client with kept-alive connections for a module's requests."""
+    with requests.Session() as s:
+        yield s
 
 
 @pytest.fixture

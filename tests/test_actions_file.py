@@ -1,4 +1,4 @@
-"""The `file` action (SPEC section 5): what a line holds, that nothing is written outside
+"""The `file` action (README "Actions"): what a line holds, that nothing is written outside
 `files_root` whatever the payload says, and that lines from concurrent workers never interleave.
 """
 
@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from delivery_support import FAST_RETRY, attempts_of, post_event, wait_one_final, wait_until
-from helpers import RouterServer
+from support import FAST_RETRY, RouterServer, attempts_of, post_event, wait_one_settled, wait_until
 
 CONCURRENT = 100
 
@@ -77,9 +77,11 @@ def test_jsonl_line_holds_the_event(router: RouterServer, files_root: Path) -> N
     assert response.status_code == 200
     event_id = response.json()["event_id"]
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert job["state"] == "delivered", job
-    [received_at] = [r[0] for r in router.query("SELECT received_at FROM events WHERE id = ?", (event_id,))]
+    stored = router.store().event(event_id)
+    assert stored is not None
+    received_at = stored.received_at
     target = files_root / "src" / f"{received_at[:10]}.jsonl"
     records = [json.loads(line) for line in target.read_text("utf-8").splitlines()]
     [record] = [r for r in records if r["event_id"] == event_id]
@@ -98,7 +100,7 @@ def test_raw_format_writes_the_body_as_received_one_per_line(router: RouterServe
     ]
     for body in bodies:
         event_id = post_event_raw(router, body)
-        assert wait_one_final(router.store_path, event_id)["state"] == "delivered"
+        assert wait_one_settled(router, event_id)["state"] == "delivered"
     lines = (files_root / "raw" / f"{tag}.txt").read_bytes().split(b"\n")
     assert lines[-1] == b""
     assert lines[:-1] == [bodies[0], bodies[1].replace(b"\r", b" ").replace(b"\n", b" ")]
@@ -129,10 +131,10 @@ def test_path_leaving_files_root_is_refused_and_nothing_is_written(
     before = all_files(router.workdir.parent)
     event_id = post_event(router, {"case": "named" if field == "name" else "dir", field: value})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert (job["state"], job["attempts"]) == ("dead", 1), job
     assert reason in job["last_error"]
-    assert [a["retryable"] for a in attempts_of(router.store_path, job["id"])] == [0]
+    assert [a["retryable"] for a in attempts_of(router, job["id"])] == [0]
     # no line landed anywhere outside files_root (the store, logs and metrics files are the server's own)
     new = {p for p in all_files(router.workdir.parent) - before
            if not p.is_relative_to(files_root) and (p.suffix == ".jsonl" or "escape" in p.name)}
@@ -148,7 +150,7 @@ def test_symlinked_directory_inside_files_root_is_refused(router: RouterServer, 
     link.symlink_to(outside, target_is_directory=True)
     event_id = post_event(router, {"case": "dir", "dir": "planted-dir"})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert (job["state"], job["attempts"]) == ("dead", 1), job
     assert "symlink" in job["last_error"]
     assert list(outside.iterdir()) == []
@@ -160,7 +162,7 @@ def test_symlinked_file_inside_files_root_is_refused(router: RouterServer, files
     (files_root / "planted-file.jsonl").symlink_to(victim)
     event_id = post_event(router, {"case": "named", "name": "planted-file"})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert (job["state"], job["attempts"]) == ("dead", 1), job
     assert "symlink" in job["last_error"]
     assert victim.read_text() == "precious\n"
@@ -171,7 +173,7 @@ def test_symlink_deeper_on_the_way_is_refused(router: RouterServer, files_root: 
     (files_root / "real" / "hop").symlink_to(outside, target_is_directory=True)
     event_id = post_event(router, {"case": "dir", "dir": "real/hop"})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert job["state"] == "dead", job
     assert not (outside / "out.jsonl").exists()
 
@@ -207,7 +209,8 @@ def test_concurrent_events_give_whole_lines(router: RouterServer, files_root: Pa
         assert r["payload"]["pad"] == pad(i)
     # a line is written before its outcome is recorded (outcomes are written back in batches): wait for them
     def settled() -> list[tuple] | None:
-        rows = router.query("SELECT state, attempts, count(*) FROM jobs WHERE action = 'pile' GROUP BY state, attempts")
+        counted = Counter((j.state, j.attempts) for j in router.store().jobs(action="pile"))
+        rows = [(state, attempts, n) for (state, attempts), n in sorted(counted.items())]
         return rows if not any(state == "pending" for state, _, _ in rows) else None
 
     states = wait_until(settled, timeout=30, what="every pile job's outcome recorded")

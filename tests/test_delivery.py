@@ -1,4 +1,4 @@
-"""The `forward` action and the delivery promise (SPEC sections 5 and 6), end to end.
+"""The `forward` action and the delivery promise (README "Actions" and "Delivery"), end to end.
 
 A real gunicorn (two workers, each with its delivery threads) delivers to real HTTP servers on
 loopback. Every case has its own action and downstream path, chosen by the event's `case` field,
@@ -12,19 +12,20 @@ import json
 import uuid
 
 import pytest
-from delivery_support import (
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+from support import (
     FAST_RETRY,
+    Reply,
+    RouterServer,
     ScriptedServer,
     attempts_of,
     jobs_of,
     post_event,
     refused_url,
-    wait_one_final,
+    wait_one_settled,
     wait_until,
 )
-from helpers import Reply, RouterServer
-from standardwebhooks import Webhook
-from standardwebhooks.webhooks import WebhookVerificationError
 
 SIGN_SECRET = "whsec_" + base64.b64encode(b"forward-signing-key-for-tests-0123").decode()
 
@@ -172,7 +173,7 @@ def test_redirect_is_not_followed_and_is_permanent(router: RouterServer, site: S
                                                    elsewhere: ScriptedServer) -> None:
     event_id = post_event(router, {"case": "redirect"})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert job["state"] == "dead"
     assert job["attempts"] == 1
     assert job["last_status"] == 302
@@ -186,11 +187,11 @@ def test_permanent_status_is_dead_lettered_after_one_attempt(router: RouterServe
                                                               status: int) -> None:
     event_id = post_event(router, {"case": f"status-{status}"})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert (job["state"], job["attempts"], job["last_status"]) == ("dead", 1, status)
     assert f"HTTP {status}" in job["last_error"]
     assert "gave up" not in job["last_error"]
-    [attempt] = attempts_of(router.store_path, job["id"])
+    [attempt] = attempts_of(router, job["id"])
     assert (attempt["status"], attempt["retryable"]) == (status, 0)
     mine = [r for r in site.to(f"/status/{status}") if r.headers.get("x-router-event-id") == event_id]
     assert len(mine) == 1
@@ -201,9 +202,9 @@ def test_retryable_status_is_retried_then_delivered(router: RouterServer, site: 
     # the server was scripted to answer `status` once, then 200
     event_id = post_event(router, {"case": f"status-{status}"})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert (job["state"], job["attempts"], job["last_status"]) == ("delivered", 2, 200)
-    first, second = attempts_of(router.store_path, job["id"])
+    first, second = attempts_of(router, job["id"])
     assert (first["status"], first["retryable"]) == (status, 1)
     assert second["status"] == 200
 
@@ -212,9 +213,9 @@ def test_server_error_then_success_records_both_attempts(router: RouterServer, s
     site.script("/flaky", Reply(500, "boom"))
     event_id = post_event(router, {"case": "flaky"})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert (job["state"], job["attempts"]) == ("delivered", 2)
-    first, second = attempts_of(router.store_path, job["id"])
+    first, second = attempts_of(router, job["id"])
     assert (first["n"], first["status"]) == (1, 500)
     assert "HTTP 500" in first["error"]
     assert (second["n"], second["status"], second["error"]) == (2, 200, None)
@@ -232,9 +233,9 @@ def test_server_error_then_success_records_both_attempts(router: RouterServer, s
 def test_hanging_downstream_times_out_and_is_retried(router: RouterServer, site: ScriptedServer) -> None:
     event_id = post_event(router, {"case": "hang"})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert (job["state"], job["attempts"]) == ("delivered", 2)
-    first, second = attempts_of(router.store_path, job["id"])
+    first, second = attempts_of(router, job["id"])
     assert first["status"] is None
     assert "timed out" in first["error"]
     assert first["retryable"] == 1
@@ -245,11 +246,11 @@ def test_hanging_downstream_times_out_and_is_retried(router: RouterServer, site:
 def test_connection_refused_is_retried_then_dead_with_every_attempt(router: RouterServer) -> None:
     event_id = post_event(router, {"case": "refused"})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert (job["state"], job["attempts"]) == ("dead", 3)  # the first try and the two of the schedule
     assert job["last_error"].startswith("gave up after 3 attempts")
     assert "connection refused" in job["last_error"]
-    history = attempts_of(router.store_path, job["id"])
+    history = attempts_of(router, job["id"])
     assert [a["n"] for a in history] == [1, 2, 3]
     for a in history:
         assert a["status"] is None
@@ -267,10 +268,10 @@ def test_header_that_cannot_be_sent_settles_instead_of_retrying_forever(router: 
     event_id = post_event(router, {"case": "unicode-header", "title": "done \u2713"})
 
     try:
-        job = wait_one_final(router.store_path, event_id, timeout=5)
+        job = wait_one_settled(router, event_id, timeout=5)
     except AssertionError:
-        [job] = jobs_of(router.store_path, event_id)
-        pytest.fail(f"still {job['state']} after 5 s: {job}; attempts: {attempts_of(router.store_path, job['id'])}")
+        [job] = jobs_of(router, event_id)
+        pytest.fail(f"still {job['state']} after 5 s: {job}; attempts: {attempts_of(router, job['id'])}")
     if job["state"] == "dead":
         assert job["attempts"] == 1
         assert "X-Title" in job["last_error"] or "header" in job["last_error"].lower()
@@ -281,7 +282,7 @@ def test_header_that_cannot_be_sent_settles_instead_of_retrying_forever(router: 
 
 def _settled(router: RouterServer, event_id: str, n: int) -> list[dict]:
     def done() -> list[dict] | None:
-        jobs = jobs_of(router.store_path, event_id)
+        jobs = jobs_of(router, event_id)
         return jobs if len(jobs) == n and all(j["state"] in ("delivered", "dead") for j in jobs) else None
 
     return wait_until(done, what=f"{n} jobs of {event_id} to settle")

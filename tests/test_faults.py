@@ -21,10 +21,14 @@ from pathlib import Path
 import pytest
 import requests
 from click.testing import CliRunner
-from helpers import PROJECT_ROOT, Reply, RouterServer
-from hostile_support import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import (
+    PROJECT_ROOT,
     PathServer,
+    Reply,
     Resetter,
+    RouterServer,
     WorkersSurvive,
     assert_clean_log,
     attempts_of,
@@ -32,14 +36,11 @@ from hostile_support import (
     healthz,
     jobs_count,
     log_size,
-    query,
     store_open_by,
     wait_settled,
     wait_until,
     worker_pids,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 REDIRECTS = (301, 302, 303, 307, 308)
 PERMANENT = (404, 410)
@@ -212,10 +213,9 @@ def post_json(server: RouterServer, payload: dict, timeout: float = 60) -> reque
 
 def stored_with_marker(server: RouterServer, marker: str) -> tuple[int, int]:
     """(events, jobs) in the store whose body carries the marker."""
-    events = query(server.store_path, "SELECT count(*) FROM events WHERE instr(body, ?) > 0", (marker.encode(),))
-    jobs = query(server.store_path, "SELECT count(*) FROM jobs j JOIN events e ON e.id = j.event_id "
-                                    "WHERE instr(e.body, ?) > 0", (marker.encode(),))
-    return events[0][0], jobs[0][0]
+    store = server.store()
+    carrying = [i for i in server.event_ids() if (e := store.event(i)) is not None and marker.encode() in e.body]
+    return len(carrying), sum(len(store.jobs(event_id=i)) for i in carrying)
 
 
 def test_locked_store_answers_503_then_recovers_by_itself(store_server):
@@ -454,7 +454,7 @@ def test_hostile_rules_file_is_reported_as_a_problem(fuzz_dir, case):
 
 
 def test_real_entry_point_never_prints_a_traceback_for_a_hostile_rules_file(fuzz_dir):
-    from helpers import run_cli
+    from support import run_cli
 
     rules_file = fuzz_dir / "recursive-cli.yaml"
     rules_file.write_text(HOSTILE_RULES["recursive-alias-mapping"])

@@ -10,7 +10,7 @@ import re
 import time
 
 import pytest
-from helpers import run_cli
+from support import run_cli
 
 from router.config import source
 from router.config.loader import loads

@@ -14,9 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from delivery_support import SlackStandIn
-from helpers import Downstream, RouterServer
-from hostile_support import WorkersSurvive, attempts_of, wait_settled, wait_until
+from support import Downstream, RouterServer, SlackStandIn, WorkersSurvive, attempts_of, wait_settled, wait_until
 
 ITEMS_SCHEMA = {
     "$schema": "http://json-schema.org/draft-07/schema#",
@@ -163,9 +161,8 @@ def test_dedupe_key_parts_cannot_run_into_each_other(server):
     assert first["event_id"] != second["event_id"]
     again = post(server, {"event": "a:b", "asset_id": "c", "version_id": "v1"}, provider="dubbing").json()
     assert again["duplicate"] is True and again["event_id"] == first["event_id"], again
-    stored = server.query("SELECT dedupe_key FROM events WHERE id IN (?, ?) ORDER BY id",
-                          (first["event_id"], second["event_id"]))
-    assert [json.loads(k) for (k,) in stored] == [["a:b", "c", "v1"], ["a", "b:c", "v1"]]
+    stored = [server.store().show_event(first["event_id"]), server.store().show_event(second["event_id"])]
+    assert [json.loads(e["dedupe_key"]) for e in stored] == [["a:b", "c", "v1"], ["a", "b:c", "v1"]]
 
 
 # --------------------------------------------------------------------------- the 422 stops at its cap

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import requests
-from helpers import Downstream, Reply
+from support import Downstream, Reply
 
 
 def test_downstream_records_and_answers_as_scripted(downstream: Downstream):

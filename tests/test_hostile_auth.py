@@ -18,19 +18,22 @@ import pytest
 import requests
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from helpers import (
+from support import (
     HMAC_SECRET,
     SECRET_ENV,
     UNITARY_SECRET,
     VIDEOID_TOKEN,
     RouterServer,
     dumps,
+    events_count,
     indent,
+    jobs_count,
+    post_head,
+    raw_request,
     sign_hmac,
     sign_panjaya,
     sign_unitary,
 )
-from hostile_support import events_count, jobs_count, post_head, raw_request
 
 ORDER_SCHEMA = {
     "type": "object",
@@ -91,12 +94,6 @@ def direct_server(start_router, panjaya_public_pem) -> RouterServer:
     """The same providers, but no `trusted_proxies`: X-Forwarded-For must never count."""
     return start_router(rules(panjaya_public_pem, trusted=False), env=SECRET_ENV,
                         files={"schemas/order.json": json.dumps(ORDER_SCHEMA)}, name="hostile-auth-direct")
-
-
-@pytest.fixture(scope="module")
-def session():
-    with requests.Session() as s:
-        yield s
 
 
 def uid() -> str:

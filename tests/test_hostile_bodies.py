@@ -10,10 +10,9 @@ import json
 import socket
 
 import pytest
-import requests
-from helpers import RouterServer
-from hostile_support import (
+from support import (
     LAST_CHUNK,
+    RouterServer,
     WorkersSurvive,
     assert_clean_log,
     attempts_of,
@@ -48,12 +47,6 @@ rules:
 @pytest.fixture(scope="module")
 def server(start_router) -> RouterServer:
     return start_router(RULES, env={"ROUTER_BODY_TIMEOUT": str(BODY_TIMEOUT)}, name="hostile-bodies")
-
-
-@pytest.fixture(scope="module")
-def session():
-    with requests.Session() as s:
-        yield s
 
 
 class Guard:

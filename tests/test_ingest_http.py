@@ -1,4 +1,4 @@
-"""The HTTP interface (SPEC section 2 and 3) against a real gunicorn with two workers and a real SQLite store.
+"""The HTTP interface (README "How an event flows" and "Providers") against a real gunicorn with two workers and a real SQLite store.
 
 One server serves every built-in provider type; each test sends one request, mutated in one way from a
 valid one, and checks the status, the JSON answer and what reached the store.
@@ -10,7 +10,7 @@ import json
 import uuid
 
 import pytest
-from helpers import (
+from support import (
     HMAC_SECRET,
     SECRET_ENV,
     UNITARY_SECRET,

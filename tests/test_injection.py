@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import Downstream, Recorded, RouterServer
-from hostile_support import FINAL_STATES, attempts_of, jobs_of, wait_settled, wait_until
+from support import FINAL_STATES, Downstream, Recorded, RouterServer, attempts_of, jobs_of, wait_settled, wait_until
 
 CANARY = "canary-env-value-5b8e1d0c"  # in the server's environment only; a template escape would find it
 
@@ -102,12 +101,6 @@ rules:
 @pytest.fixture(scope="module")
 def server(start_router, module_downstream: Downstream) -> RouterServer:
     return start_router(rules_yaml(module_downstream), env={"ROUTER_CANARY": CANARY}, name="injection")
-
-
-@pytest.fixture(scope="module")
-def session():
-    with requests.Session() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +228,7 @@ def test_template_syntax_in_payload_stays_literal_everywhere(server, session, mo
 
 
 def test_raw_file_keeps_one_event_per_line(server, session, files_root):
-    """SPEC 5: `raw` is "the body as received, one per line". A body is valid JSON, so any CR/LF byte in
+    """The README: `raw` is "the body as received, one per line". A body is valid JSON, so any CR/LF byte in
     it is insignificant whitespace - yet written as received it splits the event over several lines,
     and a client can make one of those lines look like a record of its own (here `{"forged": ...}`).
 

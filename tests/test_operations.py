@@ -1,4 +1,4 @@
-"""Operations (SPEC sections 2 and 7, README "Running under gunicorn"): /metrics across every
+"""Operations (README "Command line", "Running under gunicorn", "Operating it"): /metrics across every
 gunicorn worker and delivery worker, /healthz and /readyz, one JSON log line per event and per
 delivery attempt, secrets never in any output, hot reload (SIGHUP and file watch, valid and
 broken files), and graceful shutdown on SIGTERM.
@@ -21,33 +21,35 @@ from pathlib import Path
 
 import pytest
 import requests
-from delivery_support import ScriptedServer, SlackStandIn, alive, jobs_of, wait_until
-from helpers import (
+from support import (
     HMAC_SECRET,
     UNITARY_SECRET,
+    VALIDATE_LINE,
     VIDEOID_TOKEN,
     Reply,
     RouterServer,
-    dumps,
-    run_cli,
-    sign_hmac,
-    sign_unitary,
-)
-from ops_support import (
-    VALIDATE_LINE,
+    ScriptedServer,
     ServedRouter,
+    SlackStandIn,
     accepted_by,
+    alive,
     atomic_write,
+    dumps,
+    jobs_of,
     json_lines,
     not_accepting,
     open_request,
     per_process_counts,
     read_response,
+    run_cli,
     scrape,
+    sign_hmac,
+    sign_unitary,
     signal_master,
     term_and_wait,
+    wait_until,
     wait_workers,
-    workers_of,
+    worker_pids,
 )
 
 from router import metrics
@@ -238,7 +240,7 @@ def metrics_router(start_router, site: ScriptedServer) -> tuple[RouterServer, Tr
 
     # deliveries settle: everything final except the parked job, which waits an hour after its 500
     def settled() -> bool:
-        rows = router.query("SELECT action, state, attempts, last_status FROM jobs")
+        rows = [(j.action, j.state, j.attempts, j.last_status) for j in router.store().jobs()]
         if len(rows) != 14 + 6 + 4:  # ok, modsink, and flaky/broken/exhaust/parked
             return False
         for action, state, attempts, last_status in rows:
@@ -297,7 +299,7 @@ def test_metrics_add_up_exactly_across_workers_and_scrapes(metrics_router) -> No
         assert m.has("router_rules_reloads_total") and m.value("router_rules_reloads_total") == 0
         assert m.has("router_rules_reload_failures_total") and m.value("router_rules_reload_failures_total") == 0
         age = m.value("router_oldest_pending_job_age_seconds")
-        created = router.query("SELECT created_ts FROM jobs WHERE state = 'pending'")[0][0]
+        created = router.store().jobs(state="pending")[0].created_ts
         assert 0 < age <= time.time() - created + 1, (age, time.time() - created)
         ages.append(age)
     assert ages == sorted(ages), f"the oldest pending job got younger between scrapes: {ages}"
@@ -502,11 +504,11 @@ def test_no_secret_appears_in_any_log_or_output(served, site: ScriptedServer, tm
 
         # every delivery settles: slack-ok delivered, slack-gone dead (404), media delivered, media-fail dead
         def settled() -> bool:
-            rows = router.query("SELECT action, state FROM jobs")
+            rows = [(j.action, j.state) for j in router.store().jobs()]
             return len(rows) == 10 and all(s in ("delivered", "dead") for _, s in rows)
 
         wait_until(settled, timeout=30, what="the secrets run's deliveries to settle")
-        states = Counter(router.query("SELECT action, state FROM jobs"))
+        states = Counter((j.action, j.state) for j in router.store().jobs())
         assert states == Counter({("slack-ok", "delivered"): 2, ("slack-gone", "dead"): 2,
                                   ("media", "delivered"): 4, ("media-fail", "dead"): 2})
         # the secrets were really used
@@ -609,7 +611,7 @@ def park_jobs(router: RouterServer, site: ScriptedServer, tag: str) -> dict[str,
     event_id = response.json()["event_id"]
 
     def parked() -> dict[str, int] | None:
-        jobs = jobs_of(router.store_path, event_id)
+        jobs = jobs_of(router, event_id)
         by = {j["action"]: j for j in jobs}
         if by.get("gone", {}).get("last_status") == 500 and by.get("stay", {}).get("last_status") == 500 \
                 and all(j["state"] == "pending" for j in jobs):
@@ -625,14 +627,17 @@ def dead_letters(router: RouterServer) -> list[dict]:
     return [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
 
 
+def job_state(router: RouterServer, job_id: int) -> str | None:
+    return next((j.state for j in router.store().jobs() if j.id == job_id), None)
+
+
 def assert_removed_action_dead_lettered(router: RouterServer, site: ScriptedServer, tag: str, jobs: dict[str, int],
                                         *, timeout: float = 8.0) -> None:
     """After a reload that removed `gone`: its job is a dead letter saying why; `stay` is still delivered."""
     site.script(f"/{tag}/stay", then=Reply(200, "ok"))
 
     def gone_dead() -> dict | None:
-        rows = router.query("SELECT state FROM jobs WHERE id = ?", (jobs["gone"],))
-        if not rows or rows[0][0] != "dead":
+        if job_state(router, jobs["gone"]) != "dead":
             return None
         return next((d for d in dead_letters(router) if d["job_id"] == jobs["gone"]), None)
 
@@ -640,14 +645,15 @@ def assert_removed_action_dead_lettered(router: RouterServer, site: ScriptedServ
         dead = wait_until(gone_dead, timeout=timeout, interval=0.2,
                           what="the job of the removed action to be dead-lettered")
     except AssertionError:
-        row = router.query("SELECT state, attempts, lease_owner, next_ts - strftime('%s','now'), last_error"
-                           " FROM jobs WHERE id = ?", (jobs["gone"],))
+        store = router.store()
+        row = [(j.state, j.attempts, j.lease_owner, j.next_ts - store.clock(), j.last_error)
+               for j in store.jobs() if j.id == jobs["gone"]]
         raise AssertionError(f"the job of the removed action 'gone' was not dead-lettered within {timeout}s after "
                              f"the reload; (state, attempts, lease_owner, seconds until next attempt, last_error) "
                              f"= {row}") from None
     finally:
-        stay = wait_until(lambda: router.query("SELECT state FROM jobs WHERE id = ?", (jobs["stay"],))[0][0]
-                          == "delivered", timeout=20, what="the job of the kept action to be delivered")
+        stay = wait_until(lambda: job_state(router, jobs["stay"]) == "delivered", timeout=20,
+                          what="the job of the kept action to be delivered")
         assert stay
         assert site.to(f"/{tag}/stay")[-1].headers["x-router-rule"] == "pend"
     assert dead["action"] == "gone"
@@ -660,7 +666,7 @@ def test_sighup_under_router_serve_applies_valid_rules_and_refuses_broken_ones(s
     tag = "hup"
     router = served(reload_rules(site, tag, rule="first"), env={"ROUTER_WATCH": "off"}, workers=2, name="hup")
     assert routes_consistently(router, ["first"])
-    old_workers = set(workers_of(router))
+    old_workers = set(worker_pids(router))
     before = scrape(router.url)
 
     # a valid new version, then HUP: new rules everywhere
@@ -678,7 +684,7 @@ def test_sighup_under_router_serve_applies_valid_rules_and_refuses_broken_ones(s
     refused = wait_until(lambda: log_has(router, "rules reload refused; the old rules keep serving"), timeout=20,
                          what="the refused reload to be logged")
     keeps_routing(router, ["second"], seconds=2)
-    assert alive(router.pid) and set(workers_of(router)) == new_workers, "the workers were restarted"
+    assert alive(router.pid) and set(worker_pids(router)) == new_workers, "the workers were restarted"
     problems = refused[-1]["problems"]
     assert problems and all(VALIDATE_LINE.match(p) for p in problems), problems
     assert any("actions.sink.type" in p and "did you mean 'forward'" in p for p in problems), problems
@@ -715,13 +721,13 @@ def test_file_watch_reloads_valid_rules_and_keeps_old_ones_when_broken(served, s
     router = served(reload_rules(site, tag, rule="first"), workers=2, name="watch")
     assert routes_consistently(router, ["first"])
     jobs = park_jobs(router, site, tag)
-    workers = set(workers_of(router))
+    workers = set(worker_pids(router))
 
     # change the file, no signal: each worker notices within its 2 s poll
     atomic_write(router.rules_path, reload_rules(site, tag, rule="second", with_gone=False))
     wait_until(lambda: routes_consistently(router, ["second"]), timeout=30, interval=0.2,
                what="the watched file's new rules to serve on every worker")
-    assert set(workers_of(router)) == workers, "a file-watch reload is in place; no worker restarts"
+    assert set(worker_pids(router)) == workers, "a file-watch reload is in place; no worker restarts"
     assert_removed_action_dead_lettered(router, site, tag, jobs)
     m = wait_until(lambda: (s := scrape(router.url)).value("router_rules_reloads_total") >= 1 and s,
                    timeout=10, what="router_rules_reloads_total to count the reload")
@@ -737,14 +743,14 @@ def test_file_watch_reloads_valid_rules_and_keeps_old_ones_when_broken(served, s
     assert problems and all(VALIDATE_LINE.match(p) for p in problems), problems
     wait_until(lambda: scrape(router.url).value("router_rules_reload_failures_total") >= 1, timeout=10,
                what="router_rules_reload_failures_total to count the refused file")
-    assert alive(router.pid) and set(workers_of(router)) == workers
+    assert alive(router.pid) and set(worker_pids(router)) == workers
 
 
 def test_plain_gunicorn_sighup_with_broken_file_serves_last_good_rules(start_router, site: ScriptedServer) -> None:
     tag = "plain"
     router = start_router(reload_rules(site, tag, rule="first"), workers=2, name="plainhup")
     assert routes_consistently(router, ["first"])
-    old_workers = set(workers_of(router))
+    old_workers = set(worker_pids(router))
     atomic_write(router.rules_path, reload_rules(site, tag, rule="third", with_gone=False, broken=True))
     signal_master(router, signal.SIGHUP)
     wait_workers(router, 2, exclude=old_workers, timeout=30)
@@ -782,7 +788,7 @@ rules:
     body = dumps({"case": "inflight", "padding": "x" * 2000})
     sock = open_request(router.url, "/hooks/src", body[:1000], len(body))
     try:
-        workers = workers_of(router)
+        workers = worker_pids(router)
         wait_until(lambda: accepted_by(sock, workers), timeout=10, what="a worker to accept the slow request")
         os.kill(router.pid, signal.SIGTERM)
         # every worker has stopped accepting: TERM has reached them, while our request is half sent
@@ -822,19 +828,19 @@ rules:
     site.wait_for(3, path="/drain/slow", timeout=20)
 
     # TERM one worker: it finishes what it started and hands back the rest; the master replaces it
-    victim = workers_of(router)[0]
+    victim = worker_pids(router)[0]
     os.kill(victim, signal.SIGTERM)
     wait_until(lambda: not alive(victim), timeout=20, what="the worker to exit")
-    held = router.query("SELECT id, state FROM jobs WHERE lease_owner LIKE ?", (f"%:{victim}:%",))
+    held = [(j.id, j.state) for j in router.store().jobs() if f":{victim}:" in (j.lease_owner or "")]
     assert held == [], f"jobs still leased by the stopped worker {victim}: {held}"
 
     # TERM the master while deliveries are in flight
     delivered_before = len(site.to("/drain/slow"))
     code = term_and_wait(router, timeout=60)
     assert code == 0, code
-    leased = router.query("SELECT id, state, lease_owner FROM jobs WHERE lease_owner IS NOT NULL")
+    leased = [(j.id, j.state, j.lease_owner) for j in router.store().jobs() if j.lease_owner is not None]
     assert leased == [], f"jobs left with a lease after a graceful stop: {leased}"
-    pending = router.query("SELECT count(*) FROM jobs WHERE state = 'pending'")[0][0]
+    pending = len(router.store().jobs(state="pending"))
     assert pending > 0, "everything was delivered before TERM: the test proves nothing; slow the downstream"
     assert len(site.to("/drain/slow")) >= delivered_before
 
@@ -842,7 +848,7 @@ rules:
     site.script("/drain/slow", then=Reply(200, "ok"))
     started = time.monotonic()
     router.start()
-    wait_until(lambda: router.query("SELECT count(*) FROM jobs WHERE state != 'delivered'")[0][0] == 0,
+    wait_until(lambda: all(j.state == "delivered" for j in router.store().jobs()),
                timeout=12, what="the restarted router to deliver every job left (well before a 25 s lease)")
     assert time.monotonic() - started < 15
     got = {r.headers["x-router-event-id"] for r in site.to("/drain/slow")}

@@ -14,20 +14,24 @@ import string
 
 import pytest
 import requests
-from helpers import (
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from support import (
+    DOCUMENTED_STATUSES,
     HMAC_SECRET,
     SECRET_ENV,
     UNITARY_SECRET,
     VIDEOID_TOKEN,
     RouterServer,
+    assert_clean_log,
+    events_count,
+    host_port,
     indent,
+    log_size,
     sign_hmac,
     sign_panjaya,
     sign_unitary,
 )
-from hostile_support import DOCUMENTED_STATUSES, assert_clean_log, events_count, host_port, log_size
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
 
 MAX_BODY = 4096
 
@@ -81,12 +85,6 @@ rules:
 def server(start_router, panjaya_public_pem) -> RouterServer:
     return start_router(rules_yaml(panjaya_public_pem), env=SECRET_ENV,
                         files={"schemas/order.json": json.dumps(ORDER_SCHEMA)}, name="property")
-
-
-@pytest.fixture(scope="module")
-def session():
-    with requests.Session() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

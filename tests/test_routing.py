@@ -1,4 +1,4 @@
-"""Routing semantics (SPEC section 4): operators, paths, $headers/$query/$provider, all/any/not, fan-out, stop.
+"""Routing semantics (README "Rules and conditions"): operators, paths, $headers/$query/$provider, all/any/not, fan-out, stop.
 
 The operator table becomes one rules file, one rule per case. The same file is served by a real gunicorn
 (one POST gives the matched set) and dry-run by `router test --expect`, so both paths must agree with
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import RouterServer, dumps, run_cli
+from support import RouterServer, dumps, run_cli
 
 PAYLOAD = {
     "event": "version_generated",

@@ -1,4 +1,4 @@
-"""The `slack` action against a stand-in that keeps Slack's incoming-webhook contract (SPEC section 5).
+"""The `slack` action against a stand-in that keeps Slack's incoming-webhook contract (README "Actions").
 
 200 `ok` is success; 429 is retried after Retry-After; other 4xx are permanent and dead-lettered at
 once; deliveries to one webhook are paced by the action's `rate`, across both gunicorn workers.
@@ -10,15 +10,17 @@ import json
 import uuid
 
 import pytest
-from delivery_support import (
+from support import (
     FAST_RETRY,
+    Reply,
+    RouterServer,
     SlackStandIn,
     attempts_of,
     post_event,
-    wait_one_final,
+    run_cli,
+    wait_one_settled,
     wait_until,
 )
-from helpers import Reply, RouterServer, run_cli
 
 # webhook path on the stand-in -> what Slack answers there, forever
 GONE = {
@@ -71,7 +73,7 @@ def test_text_template_arrives_as_slack_message(router: RouterServer, slack: Sla
     asset = f"asset-{uuid.uuid4().hex[:8]}"
     event_id = post_event(router, {"case": "notify", "event": "asset_failed", "asset_id": asset, "locale": "fr-FR"})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert (job["state"], job["attempts"], job["last_status"]) == ("delivered", 1, 200)
     [rec] = [r for r in slack.to("/services/T000/B000/notify") if asset in r.body.decode()]
     assert rec.method == "POST"
@@ -83,7 +85,7 @@ def test_blocks_render_to_a_json_list(router: RouterServer, slack: SlackStandIn)
     asset = f"asset-{uuid.uuid4().hex[:8]}"
     event_id = post_event(router, {"case": "with-blocks", "event": "version_failed", "asset_id": asset})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert job["state"] == "delivered"
     [rec] = [r for r in slack.to("/services/T000/B000/blocks") if asset in r.body.decode()]
     assert json.loads(rec.body) == {
@@ -97,12 +99,12 @@ def test_429_is_retried_after_retry_after(router: RouterServer, slack: SlackStan
     slack.script(path, Reply(429, "rate_limited", headers={"Content-Type": "text/plain", "Retry-After": "1"}))
     event_id = post_event(router, {"case": "limited", "n": 1})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert (job["state"], job["attempts"]) == ("delivered", 2)
     first, second = slack.to(path)[-2:]
     # Retry-After: 1 overrides the 200 ms schedule
     assert second.at - first.at >= 0.95, second.at - first.at
-    history = attempts_of(router.store_path, job["id"])
+    history = attempts_of(router, job["id"])
     assert [(a["status"], a["retryable"]) for a in history] == [(429, 1), (200, 0)]
 
 
@@ -110,7 +112,7 @@ def test_server_error_is_retried(router: RouterServer, slack: SlackStandIn) -> N
     slack.script("/services/T000/B000/flaky", Reply(503, "service_unavailable"))
     event_id = post_event(router, {"case": "flaky", "n": 1})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert (job["state"], job["attempts"]) == ("delivered", 2)
 
 
@@ -121,7 +123,7 @@ def test_permanent_slack_error_is_dead_lettered_after_one_attempt(router: Router
     n = uuid.uuid4().hex
     event_id = post_event(router, {"case": name, "n": n})
 
-    job = wait_one_final(router.store_path, event_id)
+    job = wait_one_settled(router, event_id)
     assert (job["state"], job["attempts"], job["last_status"]) == ("dead", 1, status)
     assert reason in job["last_error"]
     assert len([r for r in slack.to(f"/services/T000/B000/{name}") if n in r.body.decode()]) == 1
@@ -145,7 +147,7 @@ def test_burst_is_paced_by_rate_and_never_trips_slacks_limiter(router: RouterSer
     event_ids = [post_event(router, {"case": "paced", "n": f"{tag}-{i}"}) for i in range(BURST)]
 
     for event_id in event_ids:
-        job = wait_one_final(router.store_path, event_id, timeout=20)
+        job = wait_one_settled(router, event_id, timeout=20)
         assert (job["state"], job["attempts"]) == ("delivered", 1), job
     got = wait_until(lambda: [r for r in slack.to(path) if tag in r.body.decode()] or None, what="the burst")
     assert len(got) == BURST

@@ -1,4 +1,4 @@
-"""The store's command line (SPEC section 7): `router events list/show`, `router dead-letters list`,
+"""The store's command line (README "Command line"): `router events list/show`, `router dead-letters list`,
 `router replay` and `router sign`, each run as a real subprocess against the store of a running router.
 """
 
@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from delivery_support import ScriptedServer, attempts_of, jobs_of, post_event, wait_final, wait_until
-from helpers import Reply, RouterServer, run_cli
+from support import (
+    Reply,
+    RouterServer,
+    ScriptedServer,
+    attempts_of,
+    jobs_of,
+    post_event,
+    run_cli,
+    wait_settled,
+    wait_until,
+)
 
 UNITARY_SECRET = "cli-unitary-secret-4c1d"
 
@@ -61,7 +70,7 @@ def mixed_event(router: RouterServer, site: ScriptedServer) -> str:
     """An event with one delivery dead-lettered after two 503s and one delivered."""
     site.script("/media", then=Reply(503, "media is down"))
     event_id = post_event(router, {"case": "mixed", "asset": "a-1"})
-    jobs = wait_final(router.store_path, event_id)
+    jobs = wait_settled(router, event_id)
     assert {j["action"]: j["state"] for j in jobs} == {"media": "dead", "copy": "delivered"}
     return event_id
 
@@ -69,7 +78,7 @@ def mixed_event(router: RouterServer, site: ScriptedServer) -> str:
 def make_dead(router: RouterServer, site: ScriptedServer, case: str) -> dict:
     site.script(f"/{case.replace('by-', 'replay-')}", then=Reply(500, "not yet"))
     event_id = post_event(router, {"case": case})
-    [job] = wait_final(router.store_path, event_id)
+    [job] = wait_settled(router, event_id)
     assert job["state"] == "dead"
     return {**job, "event_id": event_id}
 
@@ -123,7 +132,7 @@ def test_events_show_unknown_event_exits_1(router: RouterServer, mixed_event: st
 
 
 def test_dead_letters_list_shows_the_reason(router: RouterServer, mixed_event: str) -> None:
-    [media_job] = [j for j in jobs_of(router.store_path, mixed_event) if j["action"] == "media"]
+    [media_job] = [j for j in jobs_of(router, mixed_event) if j["action"] == "media"]
 
     table = run_cli("dead-letters", "list", "--rules", router.rules_path)
     assert table.code == 0, table
@@ -152,13 +161,13 @@ def test_replay_by_job_id_requeues_and_delivers_once_fixed(router: RouterServer,
     assert "re-queued 1 delivery" in replayed.stdout
 
     delivered = wait_until(
-        lambda: [j for j in jobs_of(router.store_path, job["event_id"]) if j["state"] == "delivered"],
+        lambda: [j for j in jobs_of(router, job["event_id"]) if j["state"] == "delivered"],
         what="the replayed job to be delivered")
     assert delivered[0]["id"] == job["id"]
     ok = [r for r in site.to("/replay-job") if r.headers.get("x-router-event-id") == job["event_id"]]
     # attempts keep counting across a replay (the history keeps every one): two failures, then this
     assert [r.headers["x-router-attempt"] for r in ok][-1] == "3"
-    assert [a["n"] for a in attempts_of(router.store_path, job["id"])] == [1, 2, 3]
+    assert [a["n"] for a in attempts_of(router, job["id"])] == [1, 2, 3]
 
     dead = run_cli("dead-letters", "list", "--rules", router.rules_path, "--json")
     assert all(json.loads(r)["job_id"] != job["id"] for r in dead.stdout.splitlines())
@@ -173,16 +182,16 @@ def test_replay_by_event_id_requeues_its_dead_jobs(router: RouterServer, site: S
     replayed = run_cli("replay", "--rules", router.rules_path, job["event_id"])
     assert replayed.code == 0, replayed
     assert "re-queued 1 delivery" in replayed.stdout
-    wait_until(lambda: jobs_of(router.store_path, job["event_id"])[0]["state"] == "delivered",
+    wait_until(lambda: jobs_of(router, job["event_id"])[0]["state"] == "delivered",
                what="the replayed event to be delivered")
 
 
 def test_replay_keeps_the_history_of_earlier_attempts(router: RouterServer, site: ScriptedServer) -> None:
-    # SPEC 6: a dead letter keeps every attempt's outcome; re-queueing it must not overwrite them
+    # a dead letter keeps every attempt's outcome; re-queueing it must not overwrite them
     job = make_dead(router, site, "by-history")
     site.script("/replay-history", then=Reply(200, "ok"))
     assert run_cli("replay", "--rules", router.rules_path, str(job["id"])).code == 0
-    wait_until(lambda: jobs_of(router.store_path, job["event_id"])[0]["state"] == "delivered",
+    wait_until(lambda: jobs_of(router, job["event_id"])[0]["state"] == "delivered",
                what="the replayed job to be delivered")
 
     shown = json.loads(run_cli("events", "show", "--rules", router.rules_path, job["event_id"]).stdout)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import PROJECT_ROOT, run_cli
+from support import PROJECT_ROOT, run_cli
 
 SECRET = "s3cr3t-value-xyz"
 ENV = {"UNITARY_SECRET": SECRET, "VIDEOID_TOKEN": None, "NOPE_UNSET_VAR_4711": None, "SLACK_WEBHOOK_URL": None}

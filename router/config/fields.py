@@ -38,6 +38,7 @@ class Ctx:
         self.problems: list[Problem] = []
         self.redactor = Redactor()
         self._broken: set[PathT] = set()  # nodes already reported (e.g. an unset ${VAR})
+        self.settings: Any = None  # the converted settings, once built (for load_for_store)
 
     # where a node stands: its own mark, else its nearest ancestor's
     def _mark(self, path: PathT, at_key: bool) -> tuple[int, int]:
@@ -50,6 +51,10 @@ class Ctx:
             if probe in self.source.value_marks:
                 return self.source.value_marks[probe]
         return (1, 1)
+
+    def mark(self, path: PathT, at_key: bool = False) -> tuple[int, int]:
+        """(line, column) of a node of the file, or of its nearest ancestor."""
+        return self._mark(path, at_key)
 
     def error(self, path: PathT, message: str, *, at_key: bool = False) -> None:
         if any(path[:i] in self._broken for i in range(len(path) + 1)):

@@ -36,6 +36,7 @@ from router.config.fields import (
     list_of,
     positive_number,
 )
+from router.config.lint import lint
 from router.config.model import ActionSpec, Config, Dedupe, ProviderSpec
 from router.config.settings import SETTINGS_FIELDS, Settings, as_retry
 from router.config.source import PathT, parse_yaml
@@ -43,6 +44,7 @@ from router.errors import ConfigError, Problem
 from router.pipeline import payload as schemas
 from router.pipeline.conditions import Rule, RuleSet, compile_condition
 from router.providers import PROVIDER_TYPES, Provider
+from router.secret import Redactor
 from router.templates import Template
 
 # --------------------------------------------------------------------------- loading
@@ -87,7 +89,35 @@ def loads(text: str, filename: str = "<rules>", *, base_dir: Path | None = None,
         raise ConfigError(found or [Problem(filename, 1, 1, "(root)", "invalid rules file")])
     config.redactor = ctx.redactor
     config.source_text = text
+    config.warnings = lint(ctx, config)
     return config
+
+
+def load_for_store(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> tuple[Settings, Redactor]:
+    """What the store commands need of a rules file: its settings, and a redactor that knows every
+    secret it can resolve. Leniently: only problems under `settings` (where the store is) count, so
+    `router events list` works without the service's secrets in the environment, or after an edit
+    that broke a rule."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), 1, 1, "(file)", f"cannot read the rules file: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem(str(path), 1, 1, "(file)", "the rules file is not valid UTF-8")]) from None
+    problems: list[Problem] = []
+    source = parse_yaml(text, str(path), problems)
+    if source is None:
+        raise ConfigError(problems)
+    ctx = Ctx(source, path.resolve().parent, os.environ if env is None else env)
+    try:
+        _build(ctx)  # for the settings and the redactor; the rest may well be broken here
+    except RecursionError:
+        pass
+    found = [p for p in ctx.finish() if p.path == "settings" or p.path.startswith("settings.")]
+    if found or ctx.settings is None:
+        raise ConfigError(found or ctx.finish() or [Problem(str(path), 1, 1, "(root)", "invalid rules file")])
+    return ctx.settings, ctx.redactor
 
 
 def _build(ctx: Ctx) -> Config | None:
@@ -113,6 +143,7 @@ def _build(ctx: Ctx) -> Config | None:
         files_root=s["files_root"] or ctx.base_dir / "var" / "files",
         **{k: v for k, v in s.items() if k not in ("store", "files_root") and v is not None},
     )
+    ctx.settings = settings
 
     # providers --------------------------------------------------------------
     providers: dict[str, ProviderSpec] = {}
@@ -281,6 +312,8 @@ def _build_action(ctx: Ctx, name: str, node: Any, p: PathT, settings: Settings) 
         return None
     common = {"retry": Field(as_retry), "rate": Field(positive_number), "description": Field(as_str)}
     out = convert_fields(ctx, node, p, {**common, **cls.options}, ignore=("type",))
+    if ctx.has_errors_under(p):
+        return None  # a field already failed (say, a template that does not parse): checking more says it twice
     if not _report_type_checks(ctx, p, cls.check(out)):
         return None
     if ctx.has_errors_under(p):
@@ -356,4 +389,4 @@ def _build_rule(
     condition = compile_condition(ctx, node.get("when"), p + ("when",))
     if name is None or ctx.has_errors_under(p):
         return None
-    return Rule(i, name, rule_providers, condition, action_names, stop, description)
+    return Rule(i, name, rule_providers, condition, action_names, stop, description, line=ctx.mark(p)[0])

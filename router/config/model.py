@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
 from router.actions.base import Action
 from router.config.settings import RetryPolicy, Settings
+from router.errors import Problem
 from router.pipeline.conditions import Rule, RuleSet
 from router.pipeline.payload import SchemaValidator
 from router.providers.base import Provider
@@ -69,6 +70,14 @@ class Config:
     redactor: Redactor
     paths: dict[str, str]  # extra URL path -> provider name
     source_text: str = ""
+    warnings: list[Problem] = field(default_factory=list)  # loads, but probably not what was meant
+
+    @property
+    def version_stamp(self) -> str:
+        """Names this text of the rules file (the first 12 hex digits of its SHA-256)."""
+        import hashlib
+
+        return hashlib.sha256(self.source_text.encode("utf-8")).hexdigest()[:12]
 
     def summary(self) -> str:
         return (

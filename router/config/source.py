@@ -82,11 +82,7 @@ def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | No
             problems.append(Problem(filename, 1, 1, "yaml", "the file is nested too deeply to read"))
             return None
         except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            msg = exc.problem or exc.context or "invalid YAML"
-            if exc.context and exc.problem:
-                msg = f"{exc.problem} ({exc.context})"
+            line, col, msg = explain_syntax_error(exc, text)
             problems.append(Problem(filename, line, col, "yaml", f"YAML syntax error: {msg}"))
             return None
         except yaml.YAMLError as exc:
@@ -165,6 +161,54 @@ def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | No
         return Source(filename, data, value_marks, key_marks)
     finally:
         loader.dispose()
+
+
+_OPENERS = {"flow mapping": "'{'", "flow sequence": "'['", "quoted scalar": "quoted string"}
+
+
+def explain_syntax_error(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
+    """(line, column, message) of a YAML syntax error, placed where the fault began (the bracket or
+    quote never closed, the line indented wrongly) rather than only where the parser gave up."""
+    problem, context = exc.problem or "", exc.context or ""
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    gave_up = f"line {line}, column {col}"
+    opened = next((what for key, what in _OPENERS.items() if key in context), None)
+    if opened and exc.context_mark is not None:
+        start = exc.context_mark
+        return (start.line + 1, start.column + 1,
+                f"the {opened} opened here is never closed (the parser gave up at {gave_up}: {problem})")
+    lines = text.splitlines()
+
+    def indent_of(n: int) -> int:  # n is 1-based
+        return len(lines[n - 1]) - len(lines[n - 1].lstrip(" ")) if 0 < n <= len(lines) else 0
+
+    def previous_content(n: int) -> int:
+        n -= 1
+        while n > 0 and (not lines[n - 1].strip() or lines[n - 1].lstrip().startswith("#")):
+            n -= 1
+        return n
+
+    if "expected <block end>" in problem or "mapping values are not allowed" in problem:
+        here, before = indent_of(line), previous_content(line)
+        if before:
+            prev = lines[before - 1]
+            # where the previous line's key starts (after a "- ")
+            key_col = len(prev) - len(prev.lstrip(" -"))
+            if "mapping values" in problem and here > key_col:
+                return (line, here + 1, f"line {line} is indented {here} spaces, deeper than the key on line "
+                        f"{before} ({key_col}): YAML reads it as part of that line's value; indent it as that key is")
+            if "expected <block end>" in problem:
+                levels = sorted({indent_of(n) for n in range(1, line) if lines[n - 1].strip()
+                                 and not lines[n - 1].lstrip().startswith("#")})
+                return (line, here + 1, f"line {line} is indented {here} spaces, which matches no enclosing block "
+                        f"(the lines above are indented {', '.join(map(str, levels))})")
+        if "mapping values" in problem:
+            return line, col, f"{problem}: a ': ' inside a plain value starts a mapping; quote the value"
+    msg = problem or context or "invalid YAML"
+    if context and problem:
+        msg = f"{problem} ({context})"
+    return line, col, msg
 
 
 def _yaml_problem(filename: str, exc: Exception) -> Problem:

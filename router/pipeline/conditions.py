@@ -184,14 +184,39 @@ def _ordered(a: Any, b: Any) -> bool:
 Predicate = Callable[[EventView], bool]
 
 
+@dataclass
+class Check:
+    """One `path: matcher` of a condition, kept whole so `router test --explain` can say why it
+    failed. Matching never reads it: the closures in Condition.test are the fast path."""
+
+    path: str
+    where: PathT  # the matcher's place in the rules file
+    resolver: Resolver
+    matcher: Any  # as written in the rules file
+    test: Callable[[list[Any]], bool]
+    why_not: Callable[[list[Any]], list[tuple[str, Any]]]  # the operators that fail, given the values
+
+
+@dataclass
+class Group:
+    """`all`, `any` or `not` over other parts (a mapping of several paths is an `all`)."""
+
+    kind: str
+    where: PathT
+    parts: list[Check | Group]
+
+
 class Condition:
-    """A compiled condition: call it with an EventView. `equalities` feed the rule index."""
+    """A compiled condition: call it with an EventView. `equalities` feed the rule index; `tree`
+    is the structure for tracing (None for an absent `when`)."""
 
-    __slots__ = ("test", "equalities")
+    __slots__ = ("test", "equalities", "tree")
 
-    def __init__(self, test: Predicate, equalities: dict[str, tuple[Resolver, frozenset]] | None = None):
+    def __init__(self, test: Predicate, equalities: dict[str, tuple[Resolver, frozenset]] | None = None,
+                 tree: Group | None = None):
         self.test = test
         self.equalities = equalities or {}
+        self.tree = tree
 
     def __call__(self, event: EventView) -> bool:
         return self.test(event)
@@ -210,6 +235,7 @@ def compile_condition(ctx: Ctx, node: Any, path: PathT) -> Condition:
         return ALWAYS
     parts: list[Predicate] = []
     equalities: dict[str, tuple[Resolver, frozenset]] = {}
+    tree = Group("all", path, [])
     for key, value in node.items():
         p = path + (key,)
         if key in ("all", "any"):
@@ -217,6 +243,7 @@ def compile_condition(ctx: Ctx, node: Any, path: PathT) -> Condition:
                 ctx.error(p, f"'{key}' takes a non-empty list of conditions")
                 continue
             subs = [compile_condition(ctx, item, p + (i,)) for i, item in enumerate(value)]
+            tree.parts.append(Group(key, p, [_tree_of(s, p + (i,)) for i, s in enumerate(subs)]))
             if key == "all":
                 for sub in subs:
                     for k, v in sub.equalities.items():
@@ -226,17 +253,23 @@ def compile_condition(ctx: Ctx, node: Any, path: PathT) -> Condition:
                 parts.append(_any([s.test for s in subs]))
         elif key == "not":
             sub = compile_condition(ctx, value, p)
+            tree.parts.append(Group("not", p, [_tree_of(sub, p)]))
             parts.append(_not(sub.test))
         else:
             resolver = compile_path(ctx, key, p)
             matcher = _compile_matcher(ctx, value, p)
             if resolver is None or matcher is None:
                 continue
-            test, eq_values = matcher
+            test, eq_values, why_not = matcher
+            tree.parts.append(Check(key, p, resolver, value, test, why_not))
             parts.append(_bind(resolver, test))
             if eq_values is not None and resolver.single:
                 equalities.setdefault(resolver.text, (resolver, eq_values))
-    return Condition(_all(parts), equalities)
+    return Condition(_all(parts), equalities, tree)
+
+
+def _tree_of(condition: Condition, path: PathT) -> Group:
+    return condition.tree if condition.tree is not None else Group("all", path, [])
 
 
 def _all(tests: list[Predicate]) -> Predicate:
@@ -261,21 +294,33 @@ def _scalar_value(ctx: Ctx, value: Any, path: PathT) -> Any:
     return ctx.expand(value, path) if isinstance(value, str) else value
 
 
-def _compile_matcher(ctx: Ctx, node: Any, path: PathT) -> tuple[Callable[[list[Any]], bool], frozenset | None] | None:
-    """A matcher tests the list of values a path names. Returns (test, equality keys for the index)."""
+Matcher = tuple[Callable[[list[Any]], bool], "frozenset | None", Callable[[list[Any]], list[tuple[str, Any]]]]
+
+
+def _compile_matcher(ctx: Ctx, node: Any, path: PathT) -> Matcher | None:
+    """A matcher tests the list of values a path names. Returns (test, equality keys for the index,
+    why_not: the operators that fail for given values, for tracing)."""
     if isinstance(node, list):
         ctx.error(path, "a list is not a matcher; to match any of several values write {in: [...]}")
         return None
     if not isinstance(node, dict):
         expected = _scalar_value(ctx, node, path)
         key = hash_key(expected)
-        return (lambda values: any(json_equal(v, expected) for v in values)), (frozenset([key]) if key else None)
+
+        def equal(values: list[Any]) -> bool:
+            return any(json_equal(v, expected) for v in values)
+
+        # a trace names the value as written (`${VAR}` unexpanded): what came from the environment is not shown
+        return equal, (frozenset([key]) if key else None), (lambda values: [] if equal(values) else [("eq", node)])
 
     positives: list[Callable[[Any], bool]] = []
     negatives: list[Callable[[Any], bool]] = []  # a value for which this is true breaks the matcher
     exists: bool | None = None
     eq_keys: frozenset | None = None
+    # which operator appended which positives/negatives, so a trace can name the one that failed
+    marks: list[tuple[str, Any, int, int]] = []
     for op, arg in node.items():
+        marks.append((op, arg, len(positives), len(negatives)))
         p = path + (op,)
         if op not in OPERATORS:
             hint = did_you_mean(op, OPERATORS)
@@ -362,7 +407,23 @@ def _compile_matcher(ctx: Ctx, node: Any, path: PathT) -> tuple[Callable[[list[A
             return any(all(pos(v) for pos in positives) for v in values)
         return True
 
-    return test, eq_keys
+    ends = [(m[2], m[3]) for m in marks[1:]] + [(len(positives), len(negatives))]
+    by_op = [(op, arg, positives[p0:p1], negatives[n0:n1]) for (op, arg, p0, n0), (p1, n1) in zip(marks, ends)]
+
+    def why_not(values: list[Any]) -> list[tuple[str, Any]]:
+        failed: list[tuple[str, Any]] = []
+        if exists is not None and bool(values) != exists:
+            failed.append(("exists", exists))
+        for op, arg, _, negs in by_op:
+            if negs and any(neg(v) for neg in negs for v in values):
+                failed.append((op, arg))
+        if positives and not any(all(pos(v) for pos in positives) for v in values):
+            alone = [(op, arg) for op, arg, poss, _ in by_op if poss and not any(all(f(v) for f in poss) for v in values)]
+            # each operator holds for some value, but no single value satisfies all of them
+            failed.extend(alone or [("all of", {op: arg for op, arg, poss, _ in by_op if poss})])
+        return failed
+
+    return test, eq_keys, why_not
 
 
 # --------------------------------------------------------------------------- routing
@@ -427,6 +488,7 @@ class Rule:
     actions: list[str]
     stop: bool
     description: str | None = None
+    line: int = 0  # where the rule begins in the rules file (for explanations)
 
 
 class RuleSet:

@@ -780,6 +780,11 @@ class SqliteStore:
         return _stored_event(row) if row else None
 
     @_translated
+    def job(self, job_id: int) -> JobRow | None:
+        row = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return JobRow(*row) if row else None
+
+    @_translated
     def jobs(self, *, event_id: str | None = None, action: str | None = None,
              state: str | None = None) -> list[JobRow]:
         where: list[str] = []

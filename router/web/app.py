@@ -9,10 +9,11 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from router import logs, metrics
+from router import __version__, logs, metrics
 from router.config.loader import load
 from router.config.model import Config
 from router.errors import ConfigError, Problem
+from router.store import is_postgres
 from router.web.endpoint import HookEndpoint
 from router.web.state import RouterState
 
@@ -30,6 +31,22 @@ def _method_not_allowed(allow: str) -> Response:
     response = _error(405, "method_not_allowed", f"use {allow}")
     response.headers["Allow"] = allow
     return response
+
+
+def _about(state: RouterState) -> dict[str, Any]:
+    """Which rules (file and version stamp), store back end and router version this worker serves."""
+    return {
+        "rules": {"file": str(state.rules_path) if state.rules_path else None, "version": state.config.version_stamp},
+        "store": {"backend": _backend(state)},
+        "version": __version__,
+    }
+
+
+def _backend(state: RouterState) -> str:
+    try:
+        return state.store.backend
+    except Exception:  # the store cannot be opened now: say what it would be (`checks` says why not)
+        return "postgresql" if is_postgres(state.config.settings.store) else "sqlite"
 
 
 def create_app(config: Config | None = None, rules_path: str | os.PathLike | None = None,
@@ -73,7 +90,7 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
         if state.deliverer is not None:
             checks["delivery"] = "running" if state.deliverer.healthy() else "stalled"
         ok = checks["store"] == "writable" and checks.get("delivery", "running") == "running"
-        response = jsonify({"status": "ok" if ok else "unavailable", "checks": checks})
+        response = jsonify({"status": "ok" if ok else "unavailable", "checks": checks, **_about(state)})
         response.status_code = 200 if ok else 503
         return response
 

@@ -46,7 +46,7 @@ def json_bytes(value: Any) -> bytes:
 
 
 def respond(start_response: StartResponse, status: int, value: Any, headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
-    body = json_bytes(value)
+    body = json_bytes(value) + b"\n"  # as Flask's jsonify ends its answers: a curl prompt starts on its own line
     start_response(_REASONS.get(status, f"{status} Unknown"),
                    [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers])
     return [body]

@@ -65,17 +65,50 @@ class RouterApplication(BaseApplication):
             sys.exit(1)
 
 
+MAX_SOCKET_PATH = 100  # a Unix socket path must fit in sun_path (108 bytes on Linux)
+
+
+def control_socket(store: str | os.PathLike, bind: str) -> str | None:
+    """Where this instance's gunicorn control socket goes: beside its SQLite store, named after
+    the address it binds, so two instances on one host never share gunicorn's default
+    (~/.gunicorn/gunicorn.ctl) and overwrite each other's. None (no socket) for a PostgreSQL store
+    or a path too long for a Unix socket."""
+    from pathlib import Path
+
+    from router.store import is_postgres
+
+    if isinstance(store, str) and is_postgres(store):
+        return None
+    name = "gunicorn-" + "".join(c if c.isalnum() or c in ".-" else "-" for c in bind) + ".ctl"
+    path = Path(str(store)).resolve().parent / name
+    return str(path) if len(str(path)) <= MAX_SOCKET_PATH else None
+
+
+def _control_options(store: str | os.PathLike, bind: str) -> dict[str, Any]:
+    from gunicorn.config import Config as GunicornConfig
+
+    if "control_socket" not in GunicornConfig().settings:
+        return {}  # a gunicorn before 25.1 has no control socket
+    path = control_socket(store, bind)
+    if path is None:
+        return {"control_socket_disable": True}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return {"control_socket": path}
+
+
 def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: int, access_log: bool,
         delivery: bool) -> None:
     os.environ["ROUTER_RULES"] = rules
     os.environ["ROUTER_DELIVERY"] = "on" if delivery else "off"
     config = load(rules)
     logs.setup(config.redactor)
+    for warning in config.warnings:  # what `router validate` warns about, once, from the master
+        logs.warning("rules file warning", problem=str(warning))
     metrics.init(config.settings.store)  # the master counts reloads; workers inherit the folder
     options = {
         "bind": bind,
         "workers": workers or default_workers(),
-        "worker_class": "gthread",
+        "worker_class": "router.web.worker.RouterWorker",  # gthread that gives threads whole requests only
         "threads": threads,
         "timeout": timeout,
         "graceful_timeout": 30,
@@ -88,5 +121,6 @@ def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: in
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,
         "forwarded_allow_ips": "127.0.0.1",
+        **_control_options(config.settings.store, bind),
     }
     RouterApplication(options).run()
