@@ -82,11 +82,19 @@ def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | No
             problems.append(Problem(filename, 1, 1, "yaml", "the file is nested too deeply to read"))
             return None
         except yaml.MarkedYAMLError as exc:
-            line, col, msg = explain_syntax_error(exc, text)
+            pure = _pure_parser_error(text)
+            if pure is not None and not isinstance(pure, yaml.MarkedYAMLError):
+                problems.append(_yaml_problem(filename, pure))  # e.g. a control character
+                return None
+            line, col, msg = explain_syntax_error(pure or exc, text)
             problems.append(Problem(filename, line, col, "yaml", f"YAML syntax error: {msg}"))
             return None
         except yaml.YAMLError as exc:
-            problems.append(Problem(filename, 1, 1, "yaml", f"YAML error: {exc}"))
+            pure = _pure_parser_error(text)
+            if pure is not None:
+                problems.append(_yaml_problem(filename, pure))
+            else:
+                problems.append(Problem(filename, 1, 1, "yaml", f"YAML error: {exc}"))
             return None
         if root is None:
             return Source(filename, None, value_marks, key_marks)
@@ -161,6 +169,27 @@ def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | No
         return Source(filename, data, value_marks, key_marks)
     finally:
         loader.dispose()
+
+
+def _pure_parser_error(text: str) -> yaml.YAMLError | None:
+    """The same fault as PyYAML's own parser words it: explain_syntax_error reads its messages
+    ("expected <block end>", the mark where a bracket opened), which libyaml words differently.
+    A broken file is read twice; a good one once."""
+    if _Loader is yaml.SafeLoader:
+        return None
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # the reader refuses a character before parsing starts
+        return exc
+    try:
+        loader.get_single_node()
+    except yaml.YAMLError as exc:
+        return exc
+    except RecursionError:
+        return None
+    finally:
+        loader.dispose()
+    return None
 
 
 _OPENERS = {"flow mapping": "'{'", "flow sequence": "'['", "quoted scalar": "quoted string"}
