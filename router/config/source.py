@@ -28,7 +28,7 @@ class Source:
     key_marks: dict[PathT, tuple[int, int]]
 
 
-# A 4.6 MB file of 60,000 rules is about 1,080,000 nodes and takes some 13 s of CPU and 0.5 GB to
+# A 4.6 MB file of 60,000 rules is about 1,080,000 nodes and takes some 6 s of CPU and 0.5 GB to
 # load, so past these a file is refused rather than read for minutes: bytes first, before any
 # parsing; nodes once composed, for a file denser than rules usually are.
 MAX_BYTES = 8 * 1024 * 1024  # about 100,000 rules
