@@ -1,8 +1,12 @@
 """The delivery loop: claim due jobs with a lease, attempt them, record every outcome.
 
-One dispatcher thread per process claims only as many jobs as it has idle delivery threads, so
-a lease starts when the delivery does; outcomes are written back in batches. The decision after
-a failed attempt (retry when, or dead-letter why) is `decide`, kept pure so it is easy to test.
+One dispatcher thread per process claims work for its idle delivery threads, many jobs per
+transaction, and outcomes go back many per transaction too. Jobs of an action that batches (`file`)
+go to one thread together and are delivered with one write and one sync; the jobs of other
+actions are shared out among the idle threads, each taking its own in turn, and a job whose lease
+could run out before its attempt would is handed back unstarted rather than attempted late. The
+decision after a failed attempt (retry when, or dead-letter why) is `decide`, kept pure so it is
+easy to test.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from router.model import Job, Outcome, Verdict, now_ts
 from router.store import Store
 
 IDLE_POLL = 0.25  # seconds between looks at the store when nothing is due
+PER_THREAD = 32  # jobs claimed per idle delivery thread in one claim
+BATCH = 512  # at most this many jobs of a batching action go to one thread at once
+START_WITHIN = LEASE_MARGIN - 5.0  # a job not started this long after its claim is handed back instead
 PRUNE_EVERY = 300.0
 
 
@@ -77,7 +84,7 @@ class Deliverer:
         self._get_store = get_store if callable(get_store) else (lambda: get_store)
         self.concurrency = concurrency or get_config().settings.delivery_concurrency
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        self._work: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._kick = threading.Event()
         self._stopping = threading.Event()
@@ -125,11 +132,11 @@ class Deliverer:
         released: list[Outcome] = []
         while True:
             try:
-                job = self._work.get_nowait()
+                item = self._work.get_nowait()
             except queue.Empty:
                 break
-            if job is not None:
-                released.append(Outcome(job.id, job.lease_owner, job.action, job.attempts, Verdict.RELEASED, now_ts()))
+            if item is not None:
+                released.extend(_released(job) for job in item.jobs)
         for _ in self._threads:
             self._work.put(None)
         deadline = time.monotonic() + grace
@@ -162,11 +169,12 @@ class Deliverer:
         config = self.get_config()
         leases = {name: spec.timeout + LEASE_MARGIN for name, spec in config.actions.items()}
         rates = {name: spec.rate for name, spec in config.actions.items() if spec.rate}
-        jobs = self.store.claim(self.owner, idle, leases, rates)
+        jobs = self.store.claim(self.owner, idle * PER_THREAD, leases, rates)
+        items = share_out(jobs, idle, {name for name, spec in config.actions.items() if spec.impl.batches})
         with self._busy_lock:
-            self._busy += len(jobs)
-        for job in jobs:
-            self._work.put(job)
+            self._busy += len(items)
+        for item in items:
+            self._work.put(item)
         return len(jobs)
 
     def _flush(self, extra: list[Outcome] | None = None) -> None:
@@ -181,14 +189,22 @@ class Deliverer:
 
     def _work_loop(self) -> None:
         while True:
-            job = self._work.get()
-            if job is None:
+            item = self._work.get()
+            if item is None:
                 return
-            outcome = self.attempt(job)
-            self._outcomes.put(outcome)
-            with self._busy_lock:
-                self._busy -= 1
-            self._kick.set()
+            try:
+                if item.batch:
+                    for outcome in self.attempt_batch(item.jobs):
+                        self._outcomes.put(outcome)
+                else:
+                    for job in item.jobs:  # each outcome is recorded at the next flush, not after the whole list
+                        late = time.monotonic() - item.claimed > START_WITHIN
+                        # not started: handed back, so another worker (or this one) takes it at once
+                        self._outcomes.put(_released(job) if late or self._stopping.is_set() else self.attempt(job))
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+                self._kick.set()
 
     def _maybe_prune(self) -> None:
         now = time.monotonic()
@@ -222,11 +238,34 @@ class Deliverer:
         except Exception as exc:  # a bug of ours: never lose the job to it; the schedule still applies
             internal = DeliveryError(f"internal error: {type(exc).__name__}: {exc}", retryable=True)
             return self._failed(job, spec, internal, started)
+        return self._delivered(job, status, started)
+
+    def attempt_batch(self, jobs: list[Job]) -> list[Outcome]:
+        """One attempt of each of these jobs of one action, in one call of the action's deliver_batch."""
+        spec = self.get_config().actions.get(jobs[0].action)
+        present = [j for j in jobs if j.event is not None]
+        outcomes = [self.attempt(j) for j in jobs if spec is None or j.event is None]  # dead letters that say why
+        if spec is None or not present:
+            return outcomes
+        started = time.perf_counter()
+        try:
+            results = spec.impl.deliver_batch([delivery_for(j) for j in present])
+        except Exception as exc:  # a bug of ours: never lose the jobs to it; the schedule still applies
+            failed = DeliveryError(f"internal error: {type(exc).__name__}: {exc}", retryable=True)
+            results = [failed] * len(present)
+        for job, result in zip(present, results):
+            if isinstance(result, DeliveryError):
+                outcomes.append(self._failed(job, spec, result, started))
+            else:
+                outcomes.append(self._delivered(job, result, started))
+        return outcomes
+
+    def _delivered(self, job: Job, status: int | None, started: float) -> Outcome:
         latency = (time.perf_counter() - started) * 1000
         metrics.delivery(job.action, "delivered", latency / 1000)
         logs.info(
-            "delivery", event_id=job.event_id, provider=job.event.provider if job.event else None, rule=job.rule, action=job.action,
-            attempt=job.attempts, outcome="delivered", status=status, latency_ms=round(latency, 2),
+            "delivery", event_id=job.event_id, provider=job.event.provider if job.event else None, rule=job.rule,
+            action=job.action, attempt=job.attempts, outcome="delivered", status=status, latency_ms=round(latency, 2),
         )
         return Outcome(job.id, job.lease_owner, job.action, job.attempts, Verdict.DELIVERED, now_ts(),
                        status=status, latency_ms=latency)
@@ -247,3 +286,35 @@ class Deliverer:
             attempt=job.attempts, outcome=label, status=error.status, error=error.message, latency_ms=round(latency, 2),
         )
         return outcome
+
+
+class _Item:
+    """What one delivery thread takes at once: a batch of one batching action, or jobs to attempt in turn."""
+
+    __slots__ = ("jobs", "batch", "claimed")
+
+    def __init__(self, jobs: list[Job], batch: bool):
+        self.jobs = jobs
+        self.batch = batch
+        self.claimed = time.monotonic()
+
+
+def share_out(jobs: list[Job], idle: int, batching: set[str]) -> list[_Item]:
+    """Jobs of batching actions in one batch per action (of at most BATCH); the others dealt out in
+    turn among the threads left idle, so no thread holds more than its share."""
+    batches: dict[str, list[Job]] = {}
+    others: list[Job] = []
+    for job in jobs:
+        if job.action in batching:
+            batches.setdefault(job.action, []).append(job)
+        else:
+            others.append(job)
+    items = [_Item(group[i:i + BATCH], True) for group in batches.values() for i in range(0, len(group), BATCH)]
+    if others:
+        hands = max(1, min(len(others), idle - len(items)))
+        items += [_Item(others[i::hands], False) for i in range(hands)]
+    return items
+
+
+def _released(job: Job) -> Outcome:
+    return Outcome(job.id, job.lease_owner, job.action, job.attempts, Verdict.RELEASED, now_ts())

@@ -1,4 +1,4 @@
-"""What every action provides: options, a preview of what it would do, and one delivery attempt."""
+"""What every action provides: options, a preview of what it would do, and delivery attempts (one, or a batch)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from router.config.fields import Field
 from router.config.settings import Settings
+from router.errors import DeliveryError
 from router.model import template_context
 
 DEFAULT_TIMEOUT = 10.0
@@ -41,10 +42,14 @@ class Delivery:
                                 self.received_at, self.rule)
 
 
+Result = int | None | DeliveryError  # one delivery of a batch: the downstream status (if any), or why it failed
+
+
 class Action:
     type_name: ClassVar[str]
     options: ClassVar[dict[str, Field]] = {}
     default_rate: ClassVar[float | None] = None
+    batches: ClassVar[bool] = False  # deliver_batch does many deliveries for the cost of about one
 
     def __init__(self, name: str, options: dict[str, Any], settings: Settings):
         self.name = name
@@ -62,3 +67,13 @@ class Action:
     def deliver(self, delivery: Delivery) -> int | None:
         """One attempt. Returns the downstream status (if any); raises DeliveryError on failure."""
         raise NotImplementedError
+
+    def deliver_batch(self, deliveries: list[Delivery]) -> list[Result]:
+        """One attempt of each, in order: a status (or None) where it succeeded, the DeliveryError where not."""
+        results: list[Result] = []
+        for delivery in deliveries:
+            try:
+                results.append(self.deliver(delivery))
+            except DeliveryError as exc:
+                results.append(exc)
+        return results

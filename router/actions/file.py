@@ -3,7 +3,8 @@
 The rendered path is refused when it is absolute, has a `..` part or a NUL byte; it is then opened
 one directory at a time relative to files_root with O_NOFOLLOW, so a symlink planted anywhere on
 the way cannot lead out. Each line is written with one write() under an exclusive lock on an
-O_APPEND file, so lines from concurrent processes never interleave.
+O_APPEND file, so lines from concurrent processes never interleave; the lines of a batch bound for
+one file go in one write and one sync.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 from pathlib import PurePosixPath
 from typing import Any
 
-from router.actions.base import Action, Delivery
+from router.actions.base import Action, Delivery, Result
 from router.config.fields import Field, as_template, one_of
 from router.errors import DeliveryError
 from router.templates import Template, TemplateError
@@ -86,19 +87,44 @@ class FileAction(Action):
             "line": line.decode("utf-8", "replace").rstrip("\n"),
         }
 
+    batches = True
+
     def deliver(self, delivery: Delivery) -> int | None:
-        parts, line = self._render(delivery)
-        try:
-            append_line(str(self.settings.files_root), parts, line, fsync=self.fsync)
-        except DeliveryError:
-            raise
-        except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            # a name the file system refuses is refused again on every retry; a full disk, missing
-            # permission or a read-only mount is the operator's to mend, so those are retried
-            retryable = exc.errno not in PERMANENT_ERRNOS
-            raise DeliveryError(f"cannot write: {reason}", retryable=retryable) from None
-        return None
+        result = self.deliver_batch([delivery])[0]
+        if isinstance(result, DeliveryError):
+            raise result
+        return result
+
+    def deliver_batch(self, deliveries: list[Delivery]) -> list[Result]:
+        """Lines for the same file are appended with one write and one sync: a backlog drains at the
+        disk's pace per batch, not per event. A line that cannot be rendered fails alone."""
+        results: list[Result] = [None] * len(deliveries)
+        by_file: dict[tuple[str, ...], list[tuple[int, bytes]]] = {}
+        for i, delivery in enumerate(deliveries):
+            try:
+                parts, line = self._render(delivery)
+            except DeliveryError as exc:
+                results[i] = exc
+                continue
+            except UnicodeError as exc:  # the same bytes fail the same way every time
+                results[i] = DeliveryError(f"cannot encode the delivery: {type(exc).__name__}", retryable=False)
+                continue
+            by_file.setdefault(tuple(parts), []).append((i, line))
+        for where, lines in by_file.items():
+            try:
+                append_line(str(self.settings.files_root), list(where), b"".join(line for _, line in lines),
+                            fsync=self.fsync)
+            except DeliveryError as exc:
+                for i, _ in lines:
+                    results[i] = exc
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                # a name the file system refuses is refused again on every retry; a full disk, missing
+                # permission or a read-only mount is the operator's to mend, so those are retried
+                error = DeliveryError(f"cannot write: {reason}", retryable=exc.errno not in PERMANENT_ERRNOS)
+                for i, _ in lines:
+                    results[i] = error
+        return results
 
 
 def append_line(root: str, parts: list[str], line: bytes, *, fsync: bool) -> None:

@@ -83,6 +83,13 @@ def lint(ctx: Ctx, config: Config) -> list[Problem]:
         for path, text in parts:
             for message in _template_problems(text, {name}, schemas):
                 warn(path, message)
+
+    # the inspector's password over plain HTTP ---------------------------------------------------
+    inspector = config.settings.inspector
+    if inspector is not None and inspector.enabled and not inspector.behind_tls:
+        warn(("settings", "inspector"), f"the inspector is on at {inspector.path} and its password travels by HTTP "
+             "Basic: serve it on a loopback bind (router serve's default) or put TLS in front and set "
+             "behind_tls: true", at_key=True)
     return sorted(warnings, key=lambda p: (p.line, p.column))
 
 

@@ -180,6 +180,12 @@ def _build(ctx: Ctx) -> Config | None:
             else:
                 extra_paths[url_path] = name
 
+    if settings.inspector is not None:
+        ui = settings.inspector.path
+        for url_path, owner in extra_paths.items():
+            if url_path == ui or url_path.startswith(ui + "/"):
+                ctx.error(("settings", "inspector", "path"), f"path '{ui}' is also provider '{owner}''s path {url_path}")
+
     # actions ----------------------------------------------------------------
     actions: dict[str, ActionSpec] = {}
     actions_node = check_mapping(ctx, root.get("actions"), ("actions",), "actions")

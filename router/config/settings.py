@@ -19,6 +19,7 @@ from router.config.fields import (
     one_of,
     positive_int,
 )
+from router.config.inspector import InspectorSettings, as_inspector
 from router.config.source import PathT
 
 
@@ -57,6 +58,7 @@ class Settings:
     retry_after_cap: float = 3600
     trusted_proxies: list = field(default_factory=list)
     delivery_concurrency: int = 8
+    inspector: InspectorSettings | None = None
 
 
 SETTINGS_FIELDS = {
@@ -70,4 +72,5 @@ SETTINGS_FIELDS = {
     "retry_after_cap": Field(as_duration),
     "trusted_proxies": Field(list_of(as_network)),
     "delivery_concurrency": Field(positive_int),
+    "inspector": Field(as_inspector),
 }

@@ -78,6 +78,96 @@ class EventFilter:
     since: float | None = None  # received at or after (unix seconds)
     until: float | None = None  # received before
     limit: int = 50
+    # a match on the payload (the inspector's filters): raw bytes contain `text`; the value at a dotted
+    # `json_path` (as rules write it, `data.items[0].id`; no `[*]`) equals `json_value`, a JSON literal
+    # (`5`, `true`, `"x"`) or, when it does not parse as one, a string
+    text: str | None = None
+    json_path: str | None = None
+    json_value: str | None = None
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a newest-first listing goes on: strictly older than (ts, key).
+
+    For events ts is received_ts and key the event id; for dead letters ts is the time the job
+    died and key its job id. Its text form is opaque to the pages that carry it in URLs."""
+
+    ts: float
+    key: str
+
+    def encode(self) -> str:
+        return f"{self.ts!r}~{self.key}"
+
+    @classmethod
+    def decode(cls, text: str | None) -> Cursor | None:
+        if not text or "~" not in text:
+            return None
+        ts, key = text.split("~", 1)
+        try:
+            value = float(ts)
+        except ValueError:
+            return None
+        return cls(value, key) if key and value == value else None  # value == value: not NaN
+
+
+@dataclass
+class EventSummary:
+    """One row of the inspector's event list."""
+
+    event_id: str
+    received_at: str
+    received_ts: float
+    provider: str
+    matched: list[str]
+    deliveries: dict[str, int]  # job state -> count
+    last_at: float | None = None  # the newest attempt of any of its deliveries
+    last_status: int | None = None
+    last_error: str | None = None
+    body: bytes | None = None  # only when at most `body_limit` bytes (to tell the event type)
+    headers: dict[str, str] = field(default_factory=dict)  # as stored
+
+
+@dataclass
+class DeadFilter:
+    """Which dead letters a listing, a count or a bulk replay takes (every field optional)."""
+
+    action: str | None = None
+    rule: str | None = None
+    provider: str | None = None
+    event_id: str | None = None
+    since: float | None = None  # dead at or after (unix seconds)
+    until: float | None = None  # dead before
+    limit: int = 50
+
+
+@dataclass
+class DeadSummary:
+    job_id: int
+    event_id: str
+    provider: str | None  # None when the event is no longer stored
+    rule: str
+    action: str
+    attempts: int
+    dead_ts: float
+    last_status: int | None
+    reason: str | None
+
+
+@dataclass
+class Page:
+    """A page of a newest-first listing. `next` is where the following page starts (None: the end).
+
+    A listing that filters on what no index holds examines a bounded number of rows per page, so
+    a page costs about the same however rare the match: `exhausted` says the page ended because
+    that bound was reached, not because the page filled (the rows beyond are still to be
+    searched, from `next`); `scanned` is how many rows it examined (at most that many when the
+    page reached the end)."""
+
+    rows: list[Any]
+    next: Cursor | None
+    exhausted: bool = False
+    scanned: int = 0
 
 
 # the read models' JSON shapes, shared by the back ends (the CLI prints them)
@@ -98,6 +188,41 @@ def dead_view(job: JobRow, history: list[dict[str, Any]]) -> dict[str, Any]:
     return {"job_id": job.id, "event_id": job.event_id, "rule": job.rule, "action": job.action,
             "attempts": job.attempts, "status": job.last_status, "dead_at": iso_utc(job.updated_ts),
             "reason": job.last_error, "history": history}
+
+
+def json_path_steps(path: str) -> list[str | int]:
+    """`data.items[0].id` as keys and indexes; ValueError for what the inspector's filter cannot take."""
+    steps: list[str | int] = []
+    text = path.strip()
+    if text.startswith("$."):
+        text = text[2:]
+    for part in text.split("."):
+        key, _, rest = part.partition("[")
+        if not key and not steps:
+            raise ValueError("a path starts with a key, as in data.items[0].id")
+        if key:
+            steps.append(key)
+        while rest:
+            index, close, rest = rest.partition("]")
+            if not close or not index.isdigit():
+                raise ValueError("an index is a number in brackets, as in items[0] ([*] is for rules, not here)")
+            steps.append(int(index))
+            if rest:
+                if not rest.startswith("["):
+                    raise ValueError(f"unexpected '{rest[:20]}' after ']'")
+                rest = rest[1:]
+    if not steps or any(s == "" for s in steps):
+        raise ValueError("empty path")
+    return steps
+
+
+def json_literal(text: str) -> Any:
+    """What a JSON-path filter's value means: a JSON scalar when it parses as one, else the string."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if value is None or isinstance(value, (str, int, float, bool)) else text
 
 
 class Store(Protocol):
@@ -164,4 +289,23 @@ class Store(Protocol):
 
     def clock(self) -> float:
         """The store's own clock (unix seconds): due times and leases are measured on it."""
+        ...
+
+    # ---------------------------------------------------------------- the inspector's pages
+    def browse_events(self, filt: EventFilter, after: Cursor | None = None, *, scan: int = 100_000,
+                      budget: float = 0.04, body_limit: int = 16384) -> Page:
+        """Events newest first (by received time, then id), strictly older than `after`, as
+        EventSummary rows (with the body when at most `body_limit` bytes). When `filt` needs more
+        than the time index (provider, rule, state, payload), events are examined in windows of the
+        newest until the page is full, `scan` were examined, or `budget` seconds went by (see Page)."""
+        ...
+
+    def browse_dead(self, filt: DeadFilter, after: Cursor | None = None) -> Page:
+        """Dead letters newest first (by the time they died, then job id), as DeadSummary rows."""
+        ...
+
+    def count_dead_matching(self, filt: DeadFilter) -> int: ...
+
+    def replay_dead_matching(self, filt: DeadFilter) -> int:
+        """Re-queue every dead letter `filt` takes (as `replay` does one); returns how many."""
         ...

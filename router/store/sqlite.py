@@ -24,9 +24,11 @@ import fcntl
 import functools
 import json
 import os
+import re
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,11 +37,18 @@ from router.errors import StoreError, StoreUnavailable
 from router.model import IngestResult, Job, JobState, NewEvent, Outcome, StoredEvent, Verdict, iso_utc, now_ts
 from router.store.base import (
     AttemptRow,
+    Cursor,
+    DeadFilter,
+    DeadSummary,
     EventFilter,
+    EventSummary,
     JobRow,
+    Page,
     QueueGauges,
     attempt_view,
     dead_view,
+    json_literal,
+    json_path_steps,
     payload_view,
 )
 
@@ -337,6 +346,76 @@ def _dead_filter(action: str | None, since: float | None) -> tuple[str, list[Any
     return " AND ".join(where), args
 
 
+_VERBATIM = re.compile(r"^[A-Za-z0-9 _.,:;@#%+=-]+$")
+_BROWSE_WINDOW = 1000  # events per window of a filtered listing (the time budget is checked after each)
+
+
+def _sqlite_json_path(steps: list[str | int]) -> str:
+    return "$" + "".join(f"[{s}]" if isinstance(s, int) else '."' + s.replace('"', '""') + '"' for s in steps)
+
+
+def _event_match(filt: EventFilter) -> tuple[list[str], list[Any]]:
+    """The event filters no index answers (SQL terms over `events`, and their arguments)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if filt.provider:
+        where.append("provider = ?")
+        args.append(filt.provider)
+    if filt.rule:
+        # instr is a cheap first look; json_each makes it exact
+        where.append("instr(matched, ?) > 0 AND EXISTS (SELECT 1 FROM json_each(events.matched) WHERE value = ?)")
+        args += [json.dumps(filt.rule), filt.rule]
+    if filt.state:
+        where.append("EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id AND jobs.state = ?)")
+        args.append(filt.state)
+    if filt.text:
+        where.append("instr(body, ?) > 0")
+        args.append(filt.text.encode("utf-8"))
+    if filt.json_path:
+        path = _sqlite_json_path(json_path_steps(filt.json_path))
+        value = json_literal(filt.json_value or "")
+        if isinstance(value, str) and _VERBATIM.match(value):
+            # such a string is in the raw bytes as it is (no JSON writer escapes these characters), so a
+            # byte search rules out most events before any JSON is parsed
+            where.append("instr(body, ?) > 0")
+            args.append(value.encode("ascii"))
+        doc = "CASE WHEN json_valid(CAST(body AS TEXT)) THEN CAST(body AS TEXT) END"
+        if isinstance(value, bool) or value is None:
+            where.append(f"json_type({doc}, ?) = ?")
+            args += [path, "null" if value is None else ("true" if value else "false")]
+        elif isinstance(value, (int, float)):
+            where.append(f"json_type({doc}, ?) IN ('integer', 'real') AND json_extract({doc}, ?) = ?")
+            args += [path, path, value]
+        else:
+            where.append(f"json_type({doc}, ?) = 'text' AND json_extract({doc}, ?) = ?")
+            args += [path, path, value]
+    return where, args
+
+
+def _dead_match(filt: DeadFilter) -> tuple[str, str, list[Any]]:
+    """The dead jobs `j` that `filt` takes: (FROM clause, WHERE clause, arguments). Events are
+    joined (as `e`) only when the provider filter needs them."""
+    where: list[str] = ["j.state = 'dead'"]
+    args: list[Any] = []
+    for column, value in (("j.action", filt.action), ("j.rule", filt.rule), ("e.provider", filt.provider),
+                          ("j.event_id", filt.event_id)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if filt.since is not None:
+        where.append("j.updated_ts >= ?")
+        args.append(filt.since)
+    if filt.until is not None:
+        where.append("j.updated_ts < ?")
+        args.append(filt.until)
+    source = "jobs j JOIN events e ON e.id = j.event_id" if filt.provider else "jobs j"
+    return source, " AND ".join(where), args
+
+
+def _where(terms: list[str]) -> str:
+    return ("WHERE " + " AND ".join(terms)) if terms else ""
+
+
 def _stored_event(row: Sequence[Any]) -> StoredEvent:
     return StoredEvent(id=row[0], provider=row[1], received_at=row[2], headers=json.loads(row[3]),
                        query=json.loads(row[4]), content_type=row[5], body=bytes(row[6]))
@@ -500,6 +579,7 @@ class SqliteStore:
             ).fetchall()
             taken_rated: set[str] = set()
             lost: list[tuple] = []
+            updates: list[tuple] = []
             for job_id, event_id, rule, action, attempts, previous_owner, created_ts, round_start in rows:
                 if len(claimed) >= limit:
                     break
@@ -518,12 +598,13 @@ class SqliteStore:
                 if previous_owner is not None:
                     # the last claim never reported: its worker died or hung past the lease
                     lost.append((job_id, attempts, now, None, "worker lost the job (lease expired)", None, 1))
-                conn.execute(
-                    "UPDATE jobs SET attempts = attempts + 1, lease_owner = ?, next_ts = ?, updated_ts = ? WHERE id = ?",
-                    (owner, now + lease, now, job_id),
-                )
+                updates.append((owner, now + lease, now, job_id))
                 claimed.append(Job(job_id, event_id, rule, action, attempts + 1, owner, created_ts,
                                    round_start=round_start))
+            conn.executemany(
+                "UPDATE jobs SET attempts = attempts + 1, lease_owner = ?, next_ts = ?, updated_ts = ? WHERE id = ?",
+                updates,
+            )
             if lost:
                 conn.executemany(
                     "INSERT OR IGNORE INTO attempts (job_id, n, at_ts, status, error, latency_ms, retryable)"
@@ -554,36 +635,40 @@ class SqliteStore:
         if not outcomes:
             return 0
         conn = self._conn()
-        applied = 0
+        released = [(o.at, o.at, o.job_id, o.owner) for o in outcomes if o.verdict is Verdict.RELEASED]
+        done = [o for o in outcomes if o.verdict is not Verdict.RELEASED]
+        holds = [(o.action, o.hold_action_until) for o in outcomes if o.hold_action_until is not None]
         with _transaction(conn, self.write_lock):
-            for o in outcomes:
-                if o.verdict is Verdict.RELEASED:
-                    cur = conn.execute(
-                        "UPDATE jobs SET attempts = attempts - 1, lease_owner = NULL, next_ts = ?, updated_ts = ?"
-                        " WHERE id = ? AND lease_owner = ? AND state = 'pending'",
-                        (o.at, o.at, o.job_id, o.owner),
-                    )
-                    applied += cur.rowcount
-                    continue
-                cur = conn.execute(
-                    "UPDATE jobs SET state = ?, lease_owner = NULL, next_ts = ?, updated_ts = ?, last_status = ?, last_error = ?"
-                    " WHERE id = ? AND lease_owner = ? AND state = 'pending' AND attempts = ?",
-                    (o.verdict.state.value, o.next_ts, o.at, o.status, o.reason or o.error, o.job_id, o.owner, o.attempt),
+            before = conn.total_changes
+            # the attempt is kept only while the claim still holds (its owner and attempt number);
+            # one statement per kind for the whole batch, checked row by row inside SQLite
+            conn.executemany(
+                "INSERT OR REPLACE INTO attempts (job_id, n, at_ts, status, error, latency_ms, retryable)"
+                " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? AND lease_owner = ?"
+                " AND state = 'pending' AND attempts = ?)",
+                [(o.job_id, o.attempt, o.at, o.status, o.error, o.latency_ms, int(o.retryable), o.job_id, o.owner,
+                  o.attempt) for o in done],
+            )
+            before = conn.total_changes
+            conn.executemany(
+                "UPDATE jobs SET state = ?, lease_owner = NULL, next_ts = ?, updated_ts = ?, last_status = ?,"
+                " last_error = ? WHERE id = ? AND lease_owner = ? AND state = 'pending' AND attempts = ?",
+                [(o.verdict.state.value, o.next_ts, o.at, o.status, o.reason or o.error, o.job_id, o.owner, o.attempt)
+                 for o in done],
+            )
+            conn.executemany(
+                "UPDATE jobs SET attempts = attempts - 1, lease_owner = NULL, next_ts = ?, updated_ts = ?"
+                " WHERE id = ? AND lease_owner = ? AND state = 'pending'",
+                released,
+            )
+            applied = conn.total_changes - before
+            if holds:
+                # a 429's Retry-After holds every job of the action, not just this one
+                conn.executemany(
+                    "INSERT INTO rates (action, next_ts) VALUES (?, ?)"
+                    " ON CONFLICT(action) DO UPDATE SET next_ts = max(next_ts, excluded.next_ts)",
+                    holds,
                 )
-                if cur.rowcount:
-                    applied += 1
-                    conn.execute(
-                        "INSERT OR REPLACE INTO attempts (job_id, n, at_ts, status, error, latency_ms, retryable)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (o.job_id, o.attempt, o.at, o.status, o.error, o.latency_ms, int(o.retryable)),
-                    )
-                if o.hold_action_until is not None:
-                    # a 429's Retry-After holds every job of the action, not just this one
-                    conn.execute(
-                        "INSERT INTO rates (action, next_ts) VALUES (?, ?)"
-                        " ON CONFLICT(action) DO UPDATE SET next_ts = max(next_ts, excluded.next_ts)",
-                        (o.action, o.hold_action_until),
-                    )
         return applied
 
     # ------------------------------------------------------------------ operations
@@ -810,6 +895,118 @@ class SqliteStore:
         conn = self._conn()
         return {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                 for table in ("events", "jobs", "attempts")}
+
+    # ------------------------------------------------------------------ the inspector's pages
+
+    @_translated
+    def browse_events(self, filt: EventFilter, after: Cursor | None = None, *, scan: int = 100_000,
+                      budget: float = 0.04, body_limit: int = 16384) -> Page:
+        conn = self._conn()
+        span: list[str] = []  # what the received_ts index answers
+        span_args: list[Any] = []
+        if filt.since is not None:
+            span.append("received_ts >= ?")
+            span_args.append(filt.since)
+        if filt.until is not None:
+            span.append("received_ts < ?")
+            span_args.append(filt.until)
+        rest, rest_args = _event_match(filt)
+        columns = ("SELECT id, received_at, received_ts, provider, matched, CASE WHEN length(body) <= ? THEN body END,"
+                   " headers FROM events")
+        order = "ORDER BY received_ts DESC, id DESC"
+
+        def older(c: Cursor | None) -> tuple[list[str], list[Any]]:
+            if c is None:
+                return [], []
+            return ["received_ts <= ? AND (received_ts < ? OR id < ?)"], [c.ts, c.ts, c.key]
+
+        if not rest:  # the index alone: one walk, as long as the page
+            where, args = older(after)
+            clause = _where(span + where)
+            rows = conn.execute(f"{columns} {clause} {order} LIMIT ?",
+                                (body_limit, *span_args, *args, filt.limit + 1)).fetchall()
+            more = len(rows) > filt.limit
+            rows = rows[: filt.limit]
+            return Page(self._summaries(conn, rows), Cursor(rows[-1][2], rows[-1][0]) if more else None)
+
+        # a filter no index answers: examine windows of the newest events until the page is full,
+        # `scan` events were looked at, or `budget` seconds went by, however rare the match
+        started = time.monotonic()
+        found: list[Any] = []
+        examined = 0
+        position = after
+        while True:
+            window = max(1, min(_BROWSE_WINDOW, scan - examined))
+            where, args = older(position)
+            boundary = conn.execute(f"SELECT received_ts, id FROM events {_where(span + where)} {order} LIMIT 1 OFFSET ?",
+                                    (*span_args, *args, window - 1)).fetchone()
+            inside, inside_args = list(where), list(args)
+            if boundary is not None:
+                inside.append("received_ts >= ? AND (received_ts > ? OR id >= ?)")
+                inside_args += [boundary[0], boundary[0], boundary[1]]
+            need = filt.limit - len(found)
+            found += conn.execute(f"{columns} {_where(span + inside + rest)} {order} LIMIT ?",
+                                  (body_limit, *span_args, *inside_args, *rest_args, need + 1)).fetchall()
+            examined += window
+            if len(found) > filt.limit:
+                rows = found[: filt.limit]
+                return Page(self._summaries(conn, rows), Cursor(rows[-1][2], rows[-1][0]), scanned=examined)
+            if boundary is None:
+                return Page(self._summaries(conn, found), None, scanned=examined)
+            position = Cursor(boundary[0], boundary[1])
+            if len(found) == filt.limit:
+                return Page(self._summaries(conn, found), position, scanned=examined)
+            if examined >= scan or time.monotonic() - started >= budget:
+                return Page(self._summaries(conn, found), position, exhausted=True, scanned=examined)
+
+    @staticmethod
+    def _summaries(conn: sqlite3.Connection, rows: list[Any]) -> list[EventSummary]:
+        out = []
+        for event_id, received_at, received_ts, provider, matched, body, headers in rows:
+            states = dict(conn.execute(
+                "SELECT state, count(*) FROM jobs WHERE event_id = ? GROUP BY state", (event_id,)).fetchall())
+            last = conn.execute(
+                "SELECT a.at_ts, a.status, a.error FROM jobs j JOIN attempts a ON a.job_id = j.id"
+                " WHERE j.event_id = ? ORDER BY a.at_ts DESC LIMIT 1", (event_id,)).fetchone()
+            last_at, last_status, last_error = last or (None, None, None)
+            out.append(EventSummary(event_id, received_at, received_ts, provider, json.loads(matched), states,
+                                    last_at, last_status, last_error, None if body is None else bytes(body),
+                                    json.loads(headers)))
+        return out
+
+    @_translated
+    def browse_dead(self, filt: DeadFilter, after: Cursor | None = None) -> Page:
+        source, where, args = _dead_match(filt)
+        if after is not None:
+            where += " AND j.updated_ts <= ? AND (j.updated_ts < ? OR j.id < ?)"
+            args += [after.ts, after.ts, int(after.key) if after.key.isdigit() else 0]
+        # the page first, then its events' providers: a join before the sort would touch every dead letter
+        rows = self._conn().execute(
+            "SELECT p.id, p.event_id, e.provider, p.rule, p.action, p.attempts, p.updated_ts, p.last_status,"
+            " p.last_error FROM (SELECT j.* FROM"
+            f" {source} WHERE {where} ORDER BY j.updated_ts DESC, j.id DESC LIMIT ?) p"
+            " LEFT JOIN events e ON e.id = p.event_id ORDER BY p.updated_ts DESC, p.id DESC", (*args, filt.limit + 1),
+        ).fetchall()
+        more = len(rows) > filt.limit
+        out = [DeadSummary(*r) for r in rows[: filt.limit]]
+        return Page(out, Cursor(out[-1].dead_ts, str(out[-1].job_id)) if more else None)
+
+    @_translated
+    def count_dead_matching(self, filt: DeadFilter) -> int:
+        source, where, args = _dead_match(filt)
+        return self._conn().execute(f"SELECT count(*) FROM {source} WHERE {where}", args).fetchone()[0]
+
+    @_translated
+    def replay_dead_matching(self, filt: DeadFilter) -> int:
+        now = now_ts()
+        source, where, args = _dead_match(filt)
+        conn = self._conn()
+        with _transaction(conn, self.write_lock):
+            return conn.execute(
+                "UPDATE jobs SET state = 'pending', next_ts = ?, updated_ts = ?, lease_owner = NULL,"
+                f" round_start = attempts WHERE id IN (SELECT j.id FROM {source} WHERE {where})",
+                (now, now, *args),
+            ).rowcount
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -15,6 +15,7 @@ from router.config.model import Config
 from router.errors import ConfigError, Problem
 from router.store import is_postgres
 from router.web.endpoint import HookEndpoint
+from router.web.inspector import register as register_inspector
 from router.web.state import RouterState
 
 DISK_HEADROOM = 1 << 20  # bytes /readyz wants free beyond max_body_bytes
@@ -76,6 +77,10 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
     endpoint = HookEndpoint(app.wsgi_app, state, BODY_TIMEOUT)
     app.wsgi_app = endpoint  # type: ignore[method-assign]
 
+    register_inspector(app, state)
+    inspector = state.config.settings.inspector
+    inspector_path = inspector.path if inspector is not None and "inspector" in app.blueprints else None
+
     @app.get("/healthz")
     def healthz() -> Response:
         return jsonify({"status": "ok"})
@@ -89,6 +94,8 @@ def create_app(config: Config | None = None, rules_path: str | os.PathLike | Non
             checks["store"] = f"unavailable: {type(exc).__name__}"
         if state.deliverer is not None:
             checks["delivery"] = "running" if state.deliverer.healthy() else "stalled"
+        if inspector_path is not None:
+            checks["inspector"] = f"on at {inspector_path}"
         ok = checks["store"] == "writable" and checks.get("delivery", "running") == "running"
         response = jsonify({"status": "ok" if ok else "unavailable", "checks": checks, **_about(state)})
         response.status_code = 200 if ok else 503

@@ -15,6 +15,7 @@ from gunicorn.arbiter import Arbiter
 
 from router import logs, metrics
 from router.config.loader import load
+from router.config.model import Config
 from router.errors import ConfigError
 
 
@@ -105,6 +106,7 @@ def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: in
     for warning in config.warnings:  # what `router validate` warns about, once, from the master
         logs.warning("rules file warning", problem=str(warning))
     metrics.init(config.settings.store)  # the master counts reloads; workers inherit the folder
+    _warn_if_inspector_in_the_clear(config, bind)
     options = {
         "bind": bind,
         "workers": workers or default_workers(),
@@ -124,3 +126,27 @@ def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: in
         **_control_options(config.settings.store, bind),
     }
     RouterApplication(options).run()
+
+
+def _loopback(bind: str) -> bool:
+    """Is every address `bind` (HOST:PORT, [V6]:PORT or unix:PATH) on this host only?"""
+    import ipaddress
+
+    if bind.startswith("unix:"):
+        return True
+    host = bind.rsplit(":", 1)[0] if ":" in bind else bind
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_if_inspector_in_the_clear(config: Config, bind: str) -> None:
+    inspector = config.settings.inspector
+    if inspector is not None and inspector.enabled and not inspector.behind_tls and not _loopback(bind):
+        logs.warning("the inspector is on and the bind address is not loopback: HTTP Basic sends its password "
+                     "in the clear, so put TLS in front (a reverse proxy) or bind to 127.0.0.1",
+                     bind=bind, path=inspector.path)
