@@ -132,6 +132,9 @@ def _check_args(args: tuple, kwargs: dict) -> None:
             raise TemplateLimit(f"an argument of {value:,}, more than {MAX_OUTPUT:,}")
 
 
+_GROWS_WITH_ARGUMENT = frozenset({"ljust", "rjust", "center", "zfill", "to_bytes"})
+
+
 def _check_call(obj: Any, args: tuple, kwargs: dict) -> None:
     """Refuse a built-in method call whose result grows with its arguments past a bound."""
     wrapped = getattr(obj, "__wrapped__", None)  # the sandbox's wrapper around str.format
@@ -139,16 +142,18 @@ def _check_call(obj: Any, args: tuple, kwargs: dict) -> None:
         fmt = wrapped.__self__
         if isinstance(fmt, str):
             try:
-                parsed = list(string.Formatter().parse(fmt))
+                specs = [spec for _text, _field, spec, _conv in string.Formatter().parse(fmt) if spec]
             except ValueError:
-                parsed = []
-            _check_widths(n for _text, _field, spec, _conv in parsed if spec for n in _NUMBER.findall(spec))
-        _check_args(args, kwargs)
+                specs = []
+            _check_widths(n for spec in specs for n in _NUMBER.findall(spec))
+            if any("{" in spec for spec in specs):  # '{:{}}'.format(x, width): the width is an argument
+                _check_args(args, kwargs)
         return
     if not isinstance(obj, types.BuiltinMethodType):
         return
-    _check_args(args, kwargs)  # 'x'.ljust(10**9), (1).to_bytes(10**9)
     owner, name = obj.__self__, obj.__name__
+    if name in _GROWS_WITH_ARGUMENT:
+        _check_args(args, kwargs)  # 'x'.ljust(10**9), (1).to_bytes(10**9)
     if isinstance(owner, str):
         if name == "join" and args:
             _check_join(owner, args[0])

@@ -135,6 +135,8 @@ AT_RENDER = {
     "replace": ("{{ (payload.s * 100000) | replace('', payload.s * 1000) }}", {"s": "ab"}, "characters or items"),
     "batch-fill": ("{{ payload.parts | batch(payload.n, 'x') | list }}", {"parts": [1], "n": 10**9}, "linecount"),
     "format": ("{{ ('{:>' ~ payload.n ~ '}').format(1) }}", {"n": 10**9}, "format width"),
+    "format-nested-width": ("{{ '{:>{}}'.format(1, payload.n) }}", {"n": 10**9}, "an argument of 1,000,000,000"),
+    "expandtabs": ("{{ (payload.s * 100).expandtabs(payload.n) }}", {"s": "\t", "n": 10**6}, "characters or items"),
 }
 
 
@@ -157,6 +159,14 @@ def test_templates_within_the_limits_render_as_before():
                         "{% for i in range(3) %}{{ loop.index }}/{{ loop.length }},{% endfor %}")
     size = len(json.dumps(payload, separators=(",", ":")))
     assert template.render({"payload": payload}) == f"a 1000 00042 1024 {size} 1/3,2/3,3/3,"
+
+
+def test_a_big_number_is_not_a_big_value():
+    """Only an argument that sizes the result (a width, a count) is held to the output bound."""
+    payload = {"bytes": 123_456_789_012, "ids": {"a": 1}}
+    template = Template("{{ '{:,}'.format(payload.bytes) }} {{ payload.ids.get('b', payload.bytes) }} "
+                        "{{ payload.bytes * 1000 }} {{ '%d' % payload.bytes }}")
+    assert template.render({"payload": payload}) == "123,456,789,012 123456789012 123456789012000 123456789012"
 
 
 # --------------------------------------------------------------------------- dedupe key lists
