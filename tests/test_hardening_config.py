@@ -169,6 +169,29 @@ def test_a_big_number_is_not_a_big_value():
     assert template.render({"payload": payload}) == "123,456,789,012 123456789012 123456789012000 123456789012"
 
 
+# --------------------------------------------------------------------------- forward headers known at load
+
+
+def test_a_header_that_could_never_be_sent_is_a_validation_error():
+    text = HEAD.replace("  a: {type: file, path: x.jsonl}\n", """\
+  a:
+    type: forward
+    url: http://127.0.0.1:9/x
+    headers:
+      X Bad Name: ok
+      X-Tab: "a\\tb"
+      X-Feed: "a\\fb"
+      X-Templated: "{{ payload.x }}"
+""")
+    problems = problems_of(text + "rules: [{name: r, actions: [a]}]\n")
+    assert problems == [
+        "rules.yaml:9:7: actions.a.headers.X Bad Name: 'X Bad Name' is not a header name "
+        "(letters, digits and !#$%&'*+-.^_`|~ only)",
+        "rules.yaml:11:15: actions.a.headers.X-Feed: the value would contain a control character (U+000C), "
+        "which no header may hold",
+    ], problems
+
+
 # --------------------------------------------------------------------------- dedupe key lists
 
 

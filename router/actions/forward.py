@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import time
 from typing import Any
 
@@ -66,12 +67,32 @@ def _as_sign(ctx: Ctx, value: Any, path: PathT) -> bytes | None:
     return key
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # a header name (RFC 9110 5.1)
+
+
+def _as_headers(ctx: Ctx, value: Any, path: PathT) -> dict[str, Template] | None:
+    """Header templates; a name that is no header name, or a constant value holding a control
+    character, is refused here rather than at every delivery."""
+    headers = as_template_map(ctx, value, path)
+    if headers is None:
+        return None
+    for name, template in headers.items():
+        if not _TOKEN.match(name):
+            ctx.error(path + (name,), f"'{name}' is not a header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+                      at_key=True)
+        elif template.is_constant:
+            bad = http.forbidden_header_char({name: template.source})
+            if bad is not None:
+                ctx.error(path + (name,), f"the value would contain {bad[1]}, which no header may hold")
+    return headers
+
+
 class ForwardAction(Action):
     type_name = "forward"
     options = {
         "url": Field(as_url, required=True),
         "method": Field(one_of("POST", "PUT", "PATCH", "GET", "DELETE"), default="POST"),
-        "headers": Field(as_template_map, default={}),
+        "headers": Field(_as_headers, default={}),
         "body": Field(as_structured_template),
         "content_type": Field(as_str),
         "timeout": Field(as_duration, default=10.0),
