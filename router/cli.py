@@ -602,8 +602,11 @@ def backup(args: tuple[str, ...], rules_opt: str | None) -> None:
 @click.option("--private-key", type=click.Path(dir_okay=False, exists=True), default=None,
               help="PEM P-256 private key, to sign as an ES256 (Panjaya) provider (make one: router keygen).")
 @click.option("--curl", "curl_url", default=None, metavar="URL", help="Print a curl command for this URL.")
+@click.option("--timestamp", type=click.IntRange(0), default=None, metavar="UNIX",
+              help="The time to sign, in Unix seconds (default now), for the types that sign one "
+                   "(stripe, slack, standard-webhooks).")
 def sign(args: tuple[str, ...], rules_opt: str | None, provider_name: str, private_key: str | None,
-         curl_url: str | None) -> None:
+         curl_url: str | None, timestamp: int | None) -> None:
     """Print the headers PROVIDER would send with PAYLOAD (a file, or - for stdin), to test locally with curl."""
     import shlex
 
@@ -616,12 +619,14 @@ def sign(args: tuple[str, ...], rules_opt: str | None, provider_name: str, priva
     body = _read_payload(payload)
     key = Path(private_key).read_bytes() if private_key else None
     try:
-        headers = spec.impl.sign(body, key)
+        headers = spec.impl.sign(body, key, timestamp=timestamp)
     except (ValueError, TypeError) as exc:
         raise Invalid(str(exc)) from None
     headers = {"Content-Type": "application/json", **headers}
+    query = spec.impl.sign_query(body)  # what the provider adds to its URL (Twilio's bodySHA256)
     if curl_url:
-        parts = ["curl", "-sS", "-X", "POST", curl_url]
+        url = curl_url + ("&" if "?" in curl_url else "?") + query if query else curl_url
+        parts = ["curl", "-sS", "-X", "POST", url]
         for k, v in headers.items():
             parts += ["-H", f"{k}: {v}"]
         parts += ["--data-binary", f"@{payload or '-'}"]
@@ -629,6 +634,8 @@ def sign(args: tuple[str, ...], rules_opt: str | None, provider_name: str, priva
     else:
         for k, v in headers.items():
             echo(f"{k}: {v}")
+        if query:
+            echo(f"# add to the URL's query string: {query}", err=True)
     if spec.token is not None:
         echo("# this provider also needs its token: ?token=... or X-Router-Token (not printed)", err=True)
 

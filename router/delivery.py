@@ -58,9 +58,10 @@ def decide(job: Job, spec: ActionSpec, error: DeliveryError, now: float, rng: ra
     )
 
 
-def delivery_for(job: Job) -> Delivery:
+def delivery_for(job: Job, config: Config | None = None) -> Delivery:
     e = job.event
     assert e is not None
+    spec = config.providers.get(e.provider) if config is not None else None
     return Delivery(
         event_id=job.event_id,
         provider=e.provider,
@@ -72,6 +73,7 @@ def delivery_for(job: Job) -> Delivery:
         query=e.query,
         body=e.body,
         content_type=e.content_type,
+        source=spec.impl if spec is not None else None,
     )
 
 
@@ -229,7 +231,7 @@ class Deliverer:
             error = DeliveryError("the event is no longer in the store", retryable=False)
             return self._failed(job, spec, error, started)
         try:
-            status = spec.impl.deliver(delivery_for(job))
+            status = spec.impl.deliver(delivery_for(job, config))
         except DeliveryError as failed:
             return self._failed(job, spec, failed, started)
         except UnicodeError as exc:  # the same bytes fail the same way every time
@@ -242,14 +244,15 @@ class Deliverer:
 
     def attempt_batch(self, jobs: list[Job]) -> list[Outcome]:
         """One attempt of each of these jobs of one action, in one call of the action's deliver_batch."""
-        spec = self.get_config().actions.get(jobs[0].action)
+        config = self.get_config()
+        spec = config.actions.get(jobs[0].action)
         present = [j for j in jobs if j.event is not None]
         outcomes = [self.attempt(j) for j in jobs if spec is None or j.event is None]  # dead letters that say why
         if spec is None or not present:
             return outcomes
         started = time.perf_counter()
         try:
-            results = spec.impl.deliver_batch([delivery_for(j) for j in present])
+            results = spec.impl.deliver_batch([delivery_for(j, config) for j in present])
         except Exception as exc:  # a bug of ours: never lose the jobs to it; the schedule still applies
             failed = DeliveryError(f"internal error: {type(exc).__name__}: {exc}", retryable=True)
             results = [failed] * len(present)
@@ -272,6 +275,8 @@ class Deliverer:
 
     def _failed(self, job: Job, spec: ActionSpec | None, error: DeliveryError, started: float) -> Outcome:
         latency = (time.perf_counter() - started) * 1000
+        # a destination's answer may quote our secrets (a Slack webhook's path): the store keeps no secret
+        error.message = self.get_config().redactor(error.message)
         now = now_ts()
         if spec is None:
             outcome = Outcome(job.id, job.lease_owner, job.action, job.attempts, Verdict.DEAD, now, error=error.message,

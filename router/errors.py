@@ -42,26 +42,36 @@ class ConfigError(RouterError):
 
 
 class RequestError(RouterError):
+    """`check` names the step that refused (allow-list, token, signature, size, parse, schema) and
+    `facts` say what it saw (a header's name, never its value), for the log line."""
+
     status = 400
     code = "bad_request"
+    check = "request"
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 check: str | None = None, **facts: str):
         super().__init__(message)
         self.message = message
+        self.facts = facts
         if status is not None:
             self.status = status
         if code is not None:
             self.code = code
+        if check is not None:
+            self.check = check
 
 
 class AuthError(RequestError):
     status = 401
     code = "unauthorized"
+    check = "signature"
 
 
 class PayloadError(RequestError):
     status = 400
     code = "invalid_body"
+    check = "parse"
 
 
 class SchemaError(PayloadError):
@@ -69,6 +79,7 @@ class SchemaError(PayloadError):
 
     status = 422
     code = "invalid_payload"
+    check = "schema"
 
     def __init__(self, detail: list[dict]):
         super().__init__(f"{len(detail)} schema violation(s)")

@@ -32,7 +32,7 @@ def use_redactor(redactor: Redactor) -> None:
     _redactor = redactor
 
 
-def _emit(level: str, msg: str, fields: dict[str, Any]) -> None:
+def _emit(level: str, msg: str, fields: dict[str, Any], fd: int = 2) -> None:
     if _LEVELS[level] < _min_level:
         return
     now = time.time()
@@ -44,9 +44,22 @@ def _emit(level: str, msg: str, fields: dict[str, Any]) -> None:
     line.update(fields)
     text = _redactor(json.dumps(line, default=str, ensure_ascii=False)) + "\n"
     try:
-        os.write(2, text.encode("utf-8", "replace"))
+        os.write(fd, text.encode("utf-8", "replace"))
     except OSError:  # a closed stderr must not fail a request
         pass
+
+
+def log(level: str, msg: str, **fields: Any) -> None:
+    _emit(level if level in _LEVELS else "info", msg, fields)
+
+
+def access(msg: str, **fields: Any) -> None:
+    """An access-log line: on stdout, where gunicorn's access log goes."""
+    _emit("info", msg, fields, fd=1)
+
+
+def debug(msg: str, **fields: Any) -> None:
+    _emit("debug", msg, fields)
 
 
 def info(msg: str, **fields: Any) -> None:
@@ -61,4 +74,4 @@ def error(msg: str, **fields: Any) -> None:
     _emit("error", msg, fields)
 
 
-__all__ = ["error", "info", "setup", "use_redactor", "warning"]
+__all__ = ["access", "debug", "error", "info", "log", "setup", "use_redactor", "warning"]

@@ -32,8 +32,9 @@ def new_event_id(ts: float) -> str:
 
 
 def template_context(payload: Any, headers: dict[str, str], query: dict[str, str], provider: str, event_id: str,
-                     received_at: str, rule: str | None) -> dict[str, Any]:
-    """What a template sees: the same names for a dedupe key at ingest and for an action at delivery."""
+                     received_at: str, rule: str | None, *, event_type: str | None = None) -> dict[str, Any]:
+    """What a template sees: the same names for a dedupe key at ingest and for an action at delivery.
+    `event_type` is the provider's name for the event (`$event` in rules), when it has one."""
     return {
         "payload": payload,
         "headers": dict(headers),
@@ -42,6 +43,7 @@ def template_context(payload: Any, headers: dict[str, str], query: dict[str, str
         "event_id": event_id,
         "received_at": received_at,
         "rule": rule,
+        "event_type": event_type,
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Iterable
+from urllib.parse import parse_qsl, quote, urlsplit
 
 REDACTED = "<secret>"
 
@@ -47,7 +48,10 @@ class Redactor:
     """Replaces every known secret string in a text by <secret>.
 
     Fed with the values of secret fields and of every ${VAR} the rules file expanded, so a
-    message that happens to quote one (a template error, a URL) cannot leak it.
+    message that happens to quote one (a template error, a URL) cannot leak it. A secret is
+    also known by its distinctive parts, since what quotes it often quotes only a part: a
+    destination answering `Cannot POST /services/T0/B0/xyz` echoes a Slack webhook's path, not
+    its URL. See `parts`.
     """
 
     MIN_LENGTH = 4  # shorter values are too likely to be ordinary words
@@ -59,9 +63,10 @@ class Redactor:
             self.add(s)
 
     def add(self, value: str) -> None:
-        if value and len(value) >= self.MIN_LENGTH and value not in self._secrets:
-            self._secrets.add(value)
-            self._pattern = None
+        for text in (value, *parts(value)):
+            if text and len(text) >= self.MIN_LENGTH and text not in self._secrets:
+                self._secrets.add(text)
+                self._pattern = None
 
     def __call__(self, text: str) -> str:
         if not self._secrets:
@@ -70,3 +75,38 @@ class Redactor:
             ordered = sorted(self._secrets, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
         return self._pattern.sub(REDACTED, text)
+
+
+def distinctive(part: str) -> bool:
+    """Long enough and random-looking enough to be (part of) a secret, not a word of a URL such as
+    `services`, `hooks` or `v1`: 16 characters or more, or 8 or more with a digit in them."""
+    return len(part) >= 16 or (len(part) >= 8 and any(c.isdigit() for c in part))
+
+
+def parts(value: str) -> list[str]:
+    """The pieces of a secret that may be quoted on their own.
+
+    For a URL: its path and query (what a server echoes back), the password in its user info,
+    every distinctive path segment and query value. For any secret: the part after a known
+    prefix (`whsec_`, `Bearer `), and its percent-encoded form (how it appears in a URL)."""
+    out: list[str] = []
+    if "://" in value:
+        split = urlsplit(value)
+        if split.path not in ("", "/"):
+            out.append(split.path)
+            if split.query:
+                out.append(f"{split.path}?{split.query}")
+        if split.password:
+            out.append(split.password)
+        out += [seg for seg in split.path.split("/") if distinctive(seg)]
+        for _, v in parse_qsl(split.query, keep_blank_values=True):
+            if distinctive(v):
+                out.append(v)
+                out.append(quote(v, safe=""))
+    for prefix in ("whsec_", "Bearer ", "Basic ", "Token "):
+        if value.startswith(prefix) and len(value) > len(prefix):
+            out.append(value[len(prefix):])
+    encoded = quote(value, safe="")
+    if encoded != value:
+        out.append(encoded)
+    return out

@@ -10,6 +10,8 @@ from router.config.fields import Field
 from router.config.settings import Settings
 from router.errors import DeliveryError
 from router.model import template_context
+from router.pipeline.payload import is_form, parse_form
+from router.providers.base import Provider
 
 DEFAULT_TIMEOUT = 10.0
 LEASE_MARGIN = 15.0  # a claim outlives the action's timeout by this much (the README's delivery promise)
@@ -29,17 +31,22 @@ class Delivery:
     query: dict[str, str]
     body: bytes
     content_type: str | None
+    source: Provider | None = None  # the provider's type: how its bodies parse, what it calls the event
     _payload: Any = None
 
     @property
     def payload(self) -> Any:
         if self._payload is None:
-            self._payload = json.loads(self.body.decode("utf-8"))
+            if self.source is not None and self.source.form_bodies and is_form(self.content_type):
+                self._payload = parse_form(self.body, self.source.form_json_fields)
+            else:
+                self._payload = json.loads(self.body.decode("utf-8"))
         return self._payload
 
     def context(self) -> dict[str, Any]:
+        event_type = self.source.event_type(self.headers, self.payload) if self.source is not None else None
         return template_context(self.payload, self.headers, self.query, self.provider, self.event_id,
-                                self.received_at, self.rule)
+                                self.received_at, self.rule, event_type=event_type)
 
 
 Result = int | None | DeliveryError  # one delivery of a batch: the downstream status (if any), or why it failed

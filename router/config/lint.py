@@ -25,7 +25,7 @@ from router.config.source import PathT, fmt_path
 from router.errors import Problem
 from router.pipeline.conditions import Check, Group
 
-TEMPLATE_NAMES = ("payload", "headers", "query", "provider", "event_id", "received_at", "rule")
+TEMPLATE_NAMES = ("payload", "headers", "query", "provider", "event_id", "received_at", "rule", "event_type")
 _parser = jinja2.Environment()  # parsing only: the same syntax as the sandbox that renders
 _parser.filters["slack_raw"] = str  # known to Slack templates (router.templates); only its name matters here
 OPEN = None  # a path the schema cannot rule out

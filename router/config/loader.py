@@ -288,6 +288,7 @@ def _build_provider(ctx: Ctx, name: str, node: Any, p: PathT) -> ProviderSpec | 
     if ctx.has_errors_under(p):
         return None
     options = {k: v for k, v in out.items() if k not in common}
+    dedupe_off = out["dedupe"] is DEDUPE_OFF
     return ProviderSpec(
         name=name,
         type=cls.type_name,
@@ -295,12 +296,21 @@ def _build_provider(ctx: Ctx, name: str, node: Any, p: PathT) -> ProviderSpec | 
         validator=validator,
         token=out["token"],
         allow_from=out["allow_from"],
-        dedupe=out["dedupe"],
+        dedupe=None if dedupe_off else out["dedupe"],
         paths=out["paths"] or [],
+        default_dedupe=not dedupe_off,
     )
 
 
-def _as_dedupe(ctx: Ctx, value: Any, path: PathT) -> Dedupe | None:
+DEDUPE_OFF = "off"  # `dedupe: off` (YAML reads a bare off as false): not even the provider's delivery id
+
+
+def _as_dedupe(ctx: Ctx, value: Any, path: PathT) -> Dedupe | str | None:
+    if value is False or value == DEDUPE_OFF:
+        return DEDUPE_OFF
+    if value is not None and not isinstance(value, dict):
+        ctx.error(path, f"dedupe must be a mapping with 'key' and 'window', or off; not {kind(value)}")
+        return None
     node = check_mapping(ctx, value, path, "dedupe")
     if node is None:
         return None

@@ -47,6 +47,8 @@ class ProviderSpec:
     allow_from: list[IPNetwork] | None
     dedupe: Dedupe | None
     paths: list[str]
+    # without `dedupe`, the provider's own delivery id (if it sends one) deduplicates; `dedupe: off` stops that
+    default_dedupe: bool = True
 
 
 @dataclass

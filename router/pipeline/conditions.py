@@ -2,7 +2,7 @@
 
 A condition is a mapping of `path: matcher` (all must hold), or `all:`/`any:`/`not:` around others.
 Paths reach into the payload (`data.items[*].kind`, `items[0]`), or outside it (`$headers.NAME`,
-`$query.NAME`, `$provider`).
+`$query.NAME`, `$provider`, and `$event`: the event type as the provider names it).
 
 With `[*]` a path names several values. A positive operator holds when some value satisfies every
 positive operator of the matcher; `ne` and `not_in` hold when no value equals / is in the list; so
@@ -41,6 +41,7 @@ class EventView:
     headers: Mapping[str, str]  # keys lower-cased
     query: Mapping[str, str]
     provider: str
+    event_type: str | None = None  # the provider's name for the event (`$event`), when it has one
 
 
 # --------------------------------------------------------------------------- paths
@@ -87,6 +88,8 @@ class Resolver:
             return event.headers
         if self.root == "query":
             return event.query
+        if self.root == "event":
+            return MISSING if event.event_type is None else event.event_type
         return event.provider
 
     def one(self, event: EventView) -> Any:
@@ -128,6 +131,8 @@ class Resolver:
 def compile_path(ctx: Ctx, text: str, path: PathT) -> Resolver | None:
     if text == "$provider":
         return Resolver(text, "provider", [])
+    if text == "$event":
+        return Resolver(text, "event", [])
     for prefix, root, lower in (("$headers.", "headers", True), ("$query.", "query", False)):
         if text.startswith(prefix):
             name = text[len(prefix):]
@@ -135,8 +140,8 @@ def compile_path(ctx: Ctx, text: str, path: PathT) -> Resolver | None:
                 break
             return Resolver(text, root, [("key", name.lower() if lower else name)])
     if text.startswith("$"):
-        ctx.error(path, f"unknown path '{text}'{did_you_mean(text.split('.')[0], ['$headers', '$query', '$provider'])}; "
-                        "paths outside the payload are $headers.NAME, $query.NAME and $provider", at_key=True)
+        ctx.error(path, f"unknown path '{text}'{did_you_mean(text.split('.')[0], ['$headers', '$query', '$provider', '$event'])}; "
+                        "paths outside the payload are $headers.NAME, $query.NAME, $provider and $event", at_key=True)
         return None
     tokens = parse_path(text)
     if tokens is None:

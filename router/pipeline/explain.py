@@ -94,7 +94,8 @@ def explain(config: Config, provider: str, body: bytes, headers: dict[str, str] 
     received = now_ts()
     out = Explanation(provider, spec.type, event_id or new_event_id(received), received_at or iso_utc(received), True)
     try:
-        data = payloads.parse_body(body)
+        data = payloads.parse_payload(body, content_type or headers.get("content-type"), forms=spec.impl.form_bodies,
+                                      json_fields=spec.impl.form_json_fields)
         payloads.validate(spec.validator, data)
     except SchemaError as exc:
         out.valid, out.status, out.error, out.violations = False, exc.status, exc.message, exc.detail
@@ -103,7 +104,7 @@ def explain(config: Config, provider: str, body: bytes, headers: dict[str, str] 
         out.valid, out.status, out.error = False, exc.status, exc.message
         return out
 
-    view = EventView(data, headers, query, provider)
+    view = EventView(data, headers, query, provider, spec.impl.event_type(headers, data))
     matched = config.router.match(view)  # the service's own decision; the trace only explains it
     names = {r.name for r in matched}
     out.matched = [r.name for r in matched]
@@ -120,7 +121,8 @@ def explain(config: Config, provider: str, body: bytes, headers: dict[str, str] 
         for action_name in rule.actions:
             action = config.actions[action_name]
             delivery = Delivery(out.event_id, provider, rule.name, action_name, 1, out.received_at, headers, query,
-                                body, content_type or headers.get("content-type", "application/json"))
+                                body, content_type or headers.get("content-type", "application/json"),
+                                source=spec.impl)
             preview = ActionPreview(rule.name, action_name, action.type)
             try:
                 preview.rendered = _redacted(action.impl.preview(delivery), redact)

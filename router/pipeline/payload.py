@@ -1,13 +1,14 @@
-"""Request bodies: strict JSON parsing and JSON Schema validation (validators built once at load)."""
+"""Request bodies: strict JSON (or form) parsing and JSON Schema validation (validators built once at load)."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from jsonschema import exceptions as js_exceptions
 from jsonschema import validators as js_validators
@@ -75,6 +76,57 @@ def parse_body(body: bytes) -> dict[str, Any]:
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+FORM = "application/x-www-form-urlencoded"
+MAX_FORM_FIELDS = 1000  # Slack and Twilio send a few dozen
+
+
+def is_form(content_type: str | None) -> bool:
+    return (content_type or "").split(";", 1)[0].strip().lower() == FORM
+
+
+def parse_form(body: bytes, json_fields: Collection[str] = ()) -> dict[str, Any]:
+    """A form-encoded body as an object of names to values, or PayloadError (400).
+
+    Names that are in `json_fields` hold JSON (Slack's interactive `payload=`), parsed as strictly
+    as a JSON body. A name given twice is refused, as a duplicate JSON key is.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, encoding="utf-8", errors="strict",
+                          max_num_fields=MAX_FORM_FIELDS)
+    except UnicodeDecodeError:
+        raise PayloadError("form body has a %-escape that is not UTF-8") from None
+    except ValueError as exc:
+        # parse_qsl's own message quotes the field, which may be a credential: say it in our words
+        if "Max number of fields" in str(exc):
+            raise PayloadError(f"form body has more than {MAX_FORM_FIELDS} fields") from None
+        raise PayloadError("form body is not name=value pairs joined by '&'") from None
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in out:
+            raise PayloadError(f"form body has the field {name[:50]!r} twice")
+        if name in json_fields:
+            try:
+                out[name] = parse_body(value.encode("utf-8"))
+            except PayloadError as exc:
+                raise PayloadError(f"form field {name!r}: {exc.message}") from None
+        else:
+            out[name] = value
+    return out
+
+
+def parse_payload(body: bytes, content_type: str | None, *, forms: bool = False,
+                  json_fields: Collection[str] = ()) -> dict[str, Any]:
+    """The body as its provider sends it: a form for the providers that send forms (`forms`) when
+    the request says it is one, JSON otherwise."""
+    if forms and is_form(content_type):
+        return parse_form(body, json_fields)
+    return parse_body(body)
 
 
 # --------------------------------------------------------------------------- schemas

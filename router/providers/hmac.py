@@ -64,7 +64,7 @@ class HmacProvider(Provider):
         if not _hmac.compare_digest(given, self.expected(body)):
             raise AuthError(f"{self.header} does not match the body")
 
-    def sign(self, body: bytes, private_key: bytes | None = None) -> dict[str, str]:
+    def sign(self, body: bytes, private_key: bytes | None = None, *, timestamp: int | None = None) -> dict[str, str]:
         return {self.header: self.prefix + self.encode(self.expected(body))}
 
 
@@ -96,5 +96,5 @@ class UnitaryProvider(HmacProvider):
             headers = {"x-hub-signature-256": value.strip()[7:]}
         super().verify(body, headers)
 
-    def sign(self, body: bytes, private_key: bytes | None = None) -> dict[str, str]:
+    def sign(self, body: bytes, private_key: bytes | None = None, *, timestamp: int | None = None) -> dict[str, str]:
         return super().sign(body) if self.secret is not None else {}

@@ -97,7 +97,7 @@ class PanjayaProvider(Provider):
                 continue
         raise AuthError("X-Signature does not verify")
 
-    def sign(self, body: bytes, private_key: bytes | None = None) -> dict[str, str]:
+    def sign(self, body: bytes, private_key: bytes | None = None, *, timestamp: int | None = None) -> dict[str, str]:
         if private_key is None:
             raise ValueError("signing as Panjaya needs --private-key (a PEM P-256 private key)")
         key = serialization.load_pem_private_key(private_key, password=None)

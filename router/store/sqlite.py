@@ -52,7 +52,7 @@ from router.store.base import (
     payload_view,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: no rules snapshot in `meta`
 ROWS_PER_INSERT = 64  # rows per multi-row INSERT of a batch (a statement of its own per count, cached)
 BUSY_TIMEOUT_MS = 5000
 INGEST_BUSY_TIMEOUT_MS = 2000
@@ -111,9 +111,28 @@ CREATE TABLE IF NOT EXISTS rates (action TEXT PRIMARY KEY, next_ts REAL NOT NULL
 """
 
 
+def not_writable(path: Path) -> str | None:
+    """Why this process cannot write the store's files (its folder, the database, its WAL and
+    shared-memory index), or None when it can."""
+    for target, mode in ((path.parent, os.W_OK | os.X_OK), (path, os.R_OK | os.W_OK),
+                         (Path(f"{path}-wal"), os.R_OK | os.W_OK), (Path(f"{path}-shm"), os.R_OK | os.W_OK)):
+        if target.exists() and not os.access(target, mode):
+            return f"{target} is not writable"
+    return None
+
+
 def connect(path: Path) -> sqlite3.Connection:
-    """A connection in WAL mode with `synchronous=NORMAL`: commits are not synced here (see WalSync)."""
+    """A connection in WAL mode with `synchronous=NORMAL`: commits are not synced here (see WalSync).
+
+    Refused (sqlite3.OperationalError) while the store's files are not writable, rather than
+    opened read-only as SQLite would: a read-only connection stays read-only after the files
+    are writable again, and while one is open every new connection of the process shares its
+    read-only WAL index, so one worker that (re)started in that window would fail every write
+    until it was restarted."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    reason = not_writable(path)
+    if reason is not None:
+        raise sqlite3.OperationalError(f"attempt to write a readonly database: {reason}")
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False,
                            cached_statements=4 * ROWS_PER_INSERT)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -132,11 +151,21 @@ def init_schema(conn: sqlite3.Connection) -> None:
             return  # nothing to write: a store locked by someone else still opens
     except sqlite3.OperationalError:
         pass  # no meta table yet
+    # version 1 kept a copy of the rules file in `meta`, inline secrets and all (router.config.lastgood
+    # keeps it now): delete it with its bytes overwritten, not merely unlinked from the b-tree
+    secure_delete = conn.execute("PRAGMA secure_delete").fetchone()[0]
+    conn.execute("PRAGMA secure_delete = ON")
     with _transaction(conn):
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        conn.execute("DELETE FROM meta WHERE key LIKE 'last_good_rules:%'")
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    conn.execute(f"PRAGMA secure_delete = {int(secure_delete)}")  # this connection may live on (pruning stays fast)
+    try:  # and out of the WAL, whose older frames still hold it
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error:
+        pass  # busy readers: the next checkpoint moves the overwritten pages in
 
 
 class WriteLock:
@@ -316,15 +345,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _translated(method: F) -> F:
-    """sqlite3's errors (and the OS's) leave the store as StoreError, saying what failed."""
+    """sqlite3's errors (and the OS's) leave the store as StoreError, saying what failed; a fault
+    other than contention makes this process's connections be opened again (see _fault)."""
 
     @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: SqliteStore, *args: Any, **kwargs: Any) -> Any:
         try:
-            return method(*args, **kwargs)
+            return method(self, *args, **kwargs)
         except StoreError:
             raise
         except (sqlite3.Error, OSError) as exc:
+            self._fault(exc)
             raise StoreError(f"{method.__name__}: {type(exc).__name__}: {exc}") from exc
 
     return wrapper  # type: ignore[return-value]
@@ -437,23 +468,51 @@ class SqliteStore:
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.write_lock = WriteLock(self.path)
-        conn = connect(self.path)
-        try:
-            init_schema(conn)
-        finally:
-            conn.close()
+        self._generation = 0  # bumped by a fault: every connection of this process is opened again
+        self._schema_pending = True
+        if self.path.exists() and not_writable(self.path):
+            pass  # a read-only store still opens (it serves 503s); the schema is checked once it can be written
+        else:
+            self._connect().close()
         self._committer: _GroupCommitter | None = None
         self._committer_lock = threading.Lock()
 
     # ------------------------------------------------------------------ connections
 
+    def _connect(self) -> sqlite3.Connection:
+        conn = connect(self.path)
+        if self._schema_pending:
+            try:
+                init_schema(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._schema_pending = False
+        return conn
+
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection (ingest has its own, in _GroupCommitter)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
-            conn = self._local.conn = connect(self.path)
-            self._local.pid = os.getpid()
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid() or local.generation != self._generation:
+            if conn is not None and local.pid == os.getpid():
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            local.conn = None
+            local.generation = self._generation
+            conn = local.conn = self._connect()
+            local.pid = os.getpid()
         return conn
+
+    def _fault(self, exc: BaseException) -> None:
+        """After a failure that is not contention (a read-only file, an I/O error), open every
+        connection again before its next use: one opened in a bad moment must not outlive it."""
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            return
+        self._generation += 1
 
     # ------------------------------------------------------------------ ingest
 
@@ -531,13 +590,19 @@ class SqliteStore:
         return IngestResult(e.id, e.matched, len(e.jobs))
 
     def writable(self) -> bool:
-        """Can we take the write lock right now?"""
+        """Are the files writable, and can we take the write lock right now?
+
+        (BEGIN IMMEDIATE alone proves nothing: SQLite grants it to a read-only connection too, and
+        a connection opened before a chmod still writes through its file descriptor.)"""
+        if not_writable(self.path):
+            return False
         try:
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("ROLLBACK")
             return True
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            self._fault(exc)
             return False
 
     def readiness(self, min_free_bytes: int) -> str:
@@ -722,24 +787,6 @@ class SqliteStore:
             ).rowcount
             conn.execute("DELETE FROM dedupe WHERE expires_ts < ?", (now,))
         return events, jobs
-
-    @_translated
-    def save_rules_snapshot(self, rules_path: str, text: str) -> None:
-        """Keep the last rules text that loaded, so a worker can fall back to it."""
-        conn = self._conn()
-        key = f"last_good_rules:{rules_path}"
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if row is not None and row[0] == text:
-            return
-        with _transaction(conn, self.write_lock):
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, text))
-
-    @_translated
-    def rules_snapshot(self, rules_path: str) -> str | None:
-        row = self._conn().execute(
-            "SELECT value FROM meta WHERE key = ?", (f"last_good_rules:{rules_path}",)
-        ).fetchone()
-        return row[0] if row else None
 
     @_translated
     def replay_dead(self, *, action: str | None = None, since: float | None = None) -> int:
@@ -1039,6 +1086,7 @@ class _GroupCommitter:
         self._pending: list[_Waiter] = []
         self._leading = False
         self._conn: sqlite3.Connection | None = None
+        self._generation = store._generation
 
     def alive(self, pid: int) -> bool:
         return pid == self.pid
@@ -1093,8 +1141,11 @@ class _GroupCommitter:
         """Commit a batch under the write lock (its fsync comes after, in _answer)."""
         batch: list[_Waiter] = []
         try:
+            if self._conn is not None and self._generation != self.store._generation:
+                self._close()  # a fault elsewhere in this process: open again
             if self._conn is None:
-                self._conn = connect(self.store.path)
+                self._generation = self.store._generation
+                self._conn = self.store._connect()
                 # a store locked by another program: answer 503 soon rather than hold the request
                 self._conn.execute(f"PRAGMA busy_timeout = {INGEST_BUSY_TIMEOUT_MS}")
             results = self.store._ingest_batch(self._conn, lambda: self._take(batch))
@@ -1102,13 +1153,17 @@ class _GroupCommitter:
             if not batch:  # it failed before taking its batch (no lock, no connection)
                 self._take(batch)
             results = [exc] * len(batch)
-            if self._conn is not None:
-                try:
-                    self._conn.close()
-                except sqlite3.Error:
-                    pass
-                self._conn = None
+            self.store._fault(exc)
+            self._close()
         return batch, results
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
 
     def _answer(self, batch: list[_Waiter], results: list[IngestResult | Exception]) -> None:
         """Make the batch durable, then wake its requests."""

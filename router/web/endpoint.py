@@ -10,6 +10,9 @@ answers are the same JSON.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -21,12 +24,12 @@ from werkzeug.wsgi import get_input_stream
 
 from router import logs, metrics
 from router.errors import RequestError, SchemaError, StoreUnavailable
-from router.pipeline.ingest import Incoming, accept
+from router.pipeline.ingest import Handshake, Incoming, accept, client_address
 from router.web.state import RouterState
 
 READ_CHUNK = 64 * 1024
 OUTCOMES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 408: "body_timeout", 413: "too_large",
-            422: "schema_invalid"}
+            422: "schema_invalid", 501: "invalid"}
 _REASONS = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 
 Answer = tuple[int, dict[str, Any], list[tuple[str, str]]]  # status, JSON body, extra headers
@@ -56,6 +59,74 @@ def error_answer(status: int, code: str, message: str, headers: list[tuple[str, 
     return status, {"error": code, "message": message}, headers or []
 
 
+class BodyDeadlines:
+    """Holds every body read of this process to its deadline, however the bytes trickle.
+
+    A socket timeout bounds one recv(), not a read: gunicorn's body reader loops over recv()
+    until it has the size it was asked for, so a client sending a byte a second never trips a
+    10 s timeout. One watchdog thread per process shuts the read side of any socket whose body
+    is still being read at its deadline; the blocked recv() then returns at once (end of file)
+    and the request is answered 408 on the still-open write side.
+    """
+
+    IDLE_WAKE = 1.0  # seconds the watchdog sleeps with nothing to watch (a new read's deadline is later)
+
+    def __init__(self) -> None:
+        self._after_fork()
+        os.register_at_fork(after_in_child=self._after_fork)  # the watchdog thread does not survive a fork
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # a plain lock: this is on every request's path
+        self._wake = threading.Event()
+        self._reads: dict[int, tuple[float, socket.socket]] = {}  # id -> (deadline, socket)
+        self._expired: set[int] = set()
+        self._next = 0
+        self._wake_at = 0.0  # when the sleeping watchdog wakes next (0: it is awake)
+        self._thread: threading.Thread | None = None
+
+    def watch(self, sock: socket.socket, deadline: float) -> int:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="router-body-deadline", daemon=True)
+                self._thread.start()
+            self._next += 1
+            ident = self._next
+            self._reads[ident] = (deadline, sock)
+            wake = deadline < self._wake_at  # rare: the watchdog would sleep past it
+        if wake:
+            self._wake.set()
+        return ident
+
+    def release(self, ident: int) -> bool:
+        """Stop watching; True when the deadline passed and the socket was shut (the read is over)."""
+        with self._lock:
+            self._reads.pop(ident, None)
+            if ident in self._expired:
+                self._expired.discard(ident)
+                return True
+            return False
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                for ident, (deadline, sock) in list(self._reads.items()):
+                    if deadline <= now:
+                        del self._reads[ident]
+                        self._expired.add(ident)
+                        try:
+                            sock.shutdown(socket.SHUT_RD)
+                        except OSError:
+                            pass
+                first = min((deadline for deadline, _ in self._reads.values()), default=now + self.IDLE_WAKE)
+                self._wake_at = first
+            self._wake.wait(max(0.0, first - now))
+            self._wake.clear()
+
+
+_deadlines = BodyDeadlines()
+
+
 def read_body(environ: dict[str, Any], limit: int, timeout: float) -> bytes | None:
     """The body, or None when it is over the limit (read no further than limit + 1 bytes).
 
@@ -64,24 +135,22 @@ def read_body(environ: dict[str, Any], limit: int, timeout: float) -> bytes | No
     length = get_content_length(environ.get("CONTENT_LENGTH"), environ.get("HTTP_TRANSFER_ENCODING"))
     if length is not None and length > limit:
         return None
+    if length == 0:
+        return b""
     stream = get_input_stream(environ)
     sock = environ.get("gunicorn.socket")
-    deadline = time.monotonic() + timeout
-    previous = sock.gettimeout() if sock is not None else None
+    watched = _deadlines.watch(sock, time.monotonic() + timeout) if isinstance(sock, socket.socket) else None
     chunks: list[bytes] = []
     total = 0
     try:
         while True:
-            if sock is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BodyTimeout()
-                sock.settimeout(remaining)
             try:
                 chunk = stream.read(min(READ_CHUNK, limit + 1 - total))
             except (TimeoutError, OSError) as exc:
                 raise BodyTimeout() from exc
             except Exception as exc:  # gunicorn's ParseException: broken chunked framing
+                if watched is not None and _deadlines.release(watched):
+                    raise BodyTimeout() from exc  # the deadline cut a chunk short
                 raise BadFraming() from exc
             if not chunk:
                 break
@@ -90,11 +159,8 @@ def read_body(environ: dict[str, Any], limit: int, timeout: float) -> bytes | No
             if total > limit:
                 return None
     finally:
-        if sock is not None:
-            try:
-                sock.settimeout(previous)
-            except OSError:
-                pass
+        if watched is not None and _deadlines.release(watched):
+            raise BodyTimeout()
     if length is not None and total < length:
         raise BodyTimeout()  # the client closed before sending what it promised
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -156,13 +222,25 @@ class HookEndpoint:
             status, value, headers = error_answer(500, "internal_error", "internal error")
         return respond(start_response, status, value, headers)
 
-    def refused(self, provider: str, status: int, code: str, message: str, started: float,
-                headers: list[tuple[str, str]] | None = None) -> Answer:
+    def refused(self, environ: dict[str, Any], provider: str, status: int, code: str, message: str, started: float,
+                headers: list[tuple[str, str]] | None = None, *, check: str, **facts: Any) -> Answer:
+        """Answer a refusal, and log why: which check, what it saw (a header's name, a schema path,
+        never a value) and from which client."""
         outcome = OUTCOMES.get(status, code)
         metrics.event(provider, outcome)
-        logs.info("event refused", provider=provider, outcome=outcome, status=status,
+        logs.info("event refused", provider=provider, outcome=outcome, status=status, check=check, reason=message,
+                  **facts, **self.client_of(environ),
                   latency_ms=round((time.perf_counter() - started) * 1000, 2))
         return error_answer(status, code, message, headers)
+
+    def client_of(self, environ: dict[str, Any]) -> dict[str, str]:
+        """The client's address as the allow-list sees it, and the peer's when that differs (a proxy)."""
+        peer = environ.get("REMOTE_ADDR") or ""
+        trusted = self.state.config.settings.trusted_proxies
+        client = client_address(peer, request_headers(environ), trusted) if trusted else None
+        if client is None or str(client) == peer:
+            return {"client": peer}
+        return {"client": str(client), "peer": peer}
 
     def receive(self, environ: dict[str, Any], provider_name: str) -> Answer:
         state = self.state
@@ -174,15 +252,23 @@ class HookEndpoint:
         started = time.perf_counter()
         limit = config.settings.max_body_bytes
         close = [("Connection", "close")]  # when the rest of the body was not (or cannot be) read
+        coding = environ.get("HTTP_TRANSFER_ENCODING")
+        if coding is not None and coding.strip(" \t").lower() != "chunked":
+            # gunicorn de-chunks but decodes nothing else: `gzip, chunked` would reach the signature
+            # check and the store still compressed, as if it were the body
+            return self.refused(environ, provider_name, 501, "unsupported_transfer_encoding",
+                                "only Transfer-Encoding: chunked is accepted", started, close, check="framing")
         try:
             body = read_body(environ, limit, self.body_timeout)
         except BodyTimeout:
-            return self.refused(provider_name, 408, "body_timeout", "the body did not arrive in time", started, close)
+            return self.refused(environ, provider_name, 408, "body_timeout", "the body did not arrive in time",
+                                started, close, check="body_deadline", deadline_s=self.body_timeout)
         except BadFraming:
-            return self.refused(provider_name, 400, "invalid_body", "the body's chunked framing is broken", started,
-                                close)
+            return self.refused(environ, provider_name, 400, "invalid_body", "the body's chunked framing is broken",
+                                started, close, check="framing")
         if body is None:
-            return self.refused(provider_name, 413, "too_large", f"body is larger than {limit} bytes", started, close)
+            return self.refused(environ, provider_name, 413, "too_large", f"body is larger than {limit} bytes",
+                                started, close, check="size")
         incoming = Incoming(
             provider=provider_name,
             body=body,
@@ -190,17 +276,27 @@ class HookEndpoint:
             query=query_args(environ),
             remote_addr=environ.get("REMOTE_ADDR"),
             content_type=environ.get("CONTENT_TYPE"),
+            query_string=environ.get("QUERY_STRING", ""),
         )
         try:
             accepted = accept(config, spec, incoming)
             result = state.store.ingest(accepted.event)
+        except Handshake as hs:  # authentic, and answered without being stored (Slack's URL verification)
+            metrics.event(provider_name, "handshake")
+            logs.info("handshake answered", provider=provider_name, outcome="handshake", status=200)
+            return 200, hs.answer, []
         except SchemaError as exc:
             metrics.event(provider_name, "schema_invalid")
-            logs.info("event refused", provider=provider_name, outcome="schema_invalid", status=422,
-                      violations=len(exc.detail), latency_ms=round((time.perf_counter() - started) * 1000, 2))
+            # where and which rule (`required`, `type`, ...), not the message: that quotes the payload's values
+            where = [f"{'.'.join(str(p) for p in d.get('loc', [])[1:]) or '(root)'}: {d.get('type')}"
+                     for d in exc.detail[:5]]
+            logs.info("event refused", provider=provider_name, outcome="schema_invalid", status=422, check="schema",
+                      violations=len(exc.detail), paths=where,
+                      **self.client_of(environ), latency_ms=round((time.perf_counter() - started) * 1000, 2))
             return 422, {"detail": exc.detail}, []
         except RequestError as exc:
-            return self.refused(provider_name, exc.status, exc.code, exc.message, started)
+            return self.refused(environ, provider_name, exc.status, exc.code, exc.message, started, None,
+                                check=exc.check, **exc.facts)
         except StoreUnavailable as exc:
             metrics.event(provider_name, "store_unavailable")
             logs.error("store unavailable", provider=provider_name, status=503, error=str(exc))

@@ -23,11 +23,6 @@ def default_workers() -> int:
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
 
 
-# gunicorn's default access log prints the request line with its query string, where a `token`
-# may ride (Namirial's setup): log the path only.
-ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'
-
-
 class _Arbiter(Arbiter):
     def handle_hup(self) -> None:
         rules = os.environ.get("ROUTER_RULES", "")
@@ -61,8 +56,7 @@ class RouterApplication(BaseApplication):
         try:
             _Arbiter(self).run()
         except RuntimeError as exc:
-            sys.stderr.write(f"\nError: {exc}\n\n")
-            sys.stderr.flush()
+            logs.error("gunicorn could not start", error=str(exc))
             sys.exit(1)
 
 
@@ -110,13 +104,15 @@ def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: in
     options = {
         "bind": bind,
         "workers": workers or default_workers(),
-        "worker_class": "router.web.worker.RouterWorker",  # gthread that gives threads whole requests only
+        # gthread that gives threads whole requests only, answers what gunicorn refuses in JSON, and
+        # prints gunicorn's own lines as the router's redacted JSON (router/web/worker.py)
+        "worker_class": "router.web.worker.RouterWorker",
+        "logger_class": "router.web.worker.JsonLogger",
         "threads": threads,
         "timeout": timeout,
         "graceful_timeout": 30,
         "keepalive": 5,
         "accesslog": "-" if access_log else None,
-        "access_log_format": ACCESS_LOG_FORMAT,
         "errorlog": "-",
         "proc_name": "router",
         "limit_request_line": 8190,

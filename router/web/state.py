@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from router import logs, metrics
+from router.config import lastgood
 from router.config.loader import load, loads
 from router.config.model import Config
 from router.errors import ConfigError, Problem
@@ -93,9 +92,9 @@ class RouterState:
     def remember_good_rules(self) -> None:
         if self.rules_path is not None and self.config.source_text and self.stale_reason is None:
             try:
-                self.store.save_rules_snapshot(str(self.rules_path), self.config.source_text)
-            except Exception as exc:  # a read-only store still serves
-                logs.warning("could not keep a copy of the rules in the store", error=str(exc))
+                lastgood.save(self.rules_path, self.config.source_text)
+            except OSError as exc:  # the service still serves; only the fallback is lost
+                logs.warning("could not keep a copy of the rules that loaded", error=str(exc))
 
     def _file_stamp(self) -> tuple | None:
         if self.rules_path is None:
@@ -123,25 +122,14 @@ class RouterState:
 
 
 def recover(rules_path: Path, problems: list[Problem]) -> Config | None:
-    """The last rules that loaded from this file, read back from the store, or None.
+    """The last rules that loaded from this file (see router.config.lastgood), or None.
 
     Used when a worker starts (after a reload) and finds the file invalid: it keeps serving the
     old rules instead of failing to boot and taking the service down.
     """
     rules_path = rules_path.resolve()
-    store_path = rules_path.parent / "var" / "router.db"
     try:
-        raw = yaml.safe_load(rules_path.read_text("utf-8"))
-        configured = raw.get("settings", {}).get("store") if isinstance(raw, dict) else None
-        if isinstance(configured, str) and "$" not in configured:
-            p = Path(configured).expanduser()
-            store_path = p if p.is_absolute() else rules_path.parent / p
-    except Exception:
-        pass
-    if not store_path.exists():
-        return None
-    try:
-        text = open_store(store_path).rules_snapshot(str(rules_path))
+        text = lastgood.read(rules_path)
         if text is None:
             return None
         return loads(text, str(rules_path), base_dir=rules_path.parent)

@@ -5,7 +5,7 @@ plain gunicorn delivers as `router serve` does (ROUTER_DELIVERY=off serves HTTP 
 watches the rules file and reloads it in place when it changes (ROUTER_WATCH=off to disable).
 
 When a worker starts and the rules file is invalid (say gunicorn was sent HUP after a bad edit),
-it serves the last rules that loaded, kept in the store, rather than failing to boot and taking
+it serves the last rules that loaded (router.config.lastgood keeps them) rather than failing to boot and taking
 the whole service down; /readyz reports the rules as stale.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import sys
 from pathlib import Path
 
 from router import logs, metrics
@@ -35,8 +34,7 @@ def _build():  # type: ignore[no-untyped-def]
     fallback = recover(Path(rules), problems) if rules else None
     if fallback is None:
         # gunicorn would print a traceback; the operator needs the validate messages instead
-        sys.stderr.write("router: cannot load the rules file:\n" + "\n".join(f"  {p}" for p in problems) + "\n")
-        sys.stderr.flush()
+        logs.error("cannot load the rules file", rules=rules, problems=[str(p) for p in problems])
         raise SystemExit(3)
     app = create_app(fallback, rules, stale_reason=f"{len(problems)} problem(s) in {rules}; serving the last good rules")
     logs.error("rules file invalid; serving the last rules that loaded", rules=rules,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 from collections import defaultdict
 from pathlib import Path
 
@@ -45,7 +46,11 @@ def scrape(url: str) -> Scrape:
 
 
 def per_process_counts(metrics_dir: Path, sample: str) -> dict[int, float]:
-    """From prometheus_client's multiprocess files: pid -> total of `sample` written by that process."""
+    """From prometheus_client's multiprocess files: pid -> total of `sample` written by that process.
+
+    A worker creates its file when it first counts something, and the file is empty (or its header
+    half written) for a moment: such a file counts 0 for now, as nothing in it is complete yet, so
+    a caller polling for a count sees it on its next look instead of failing on this one."""
     from prometheus_client.multiprocess import MultiProcessCollector
 
     out: dict[int, float] = {}
@@ -54,9 +59,14 @@ def per_process_counts(metrics_dir: Path, sample: str) -> dict[int, float]:
         if not m:
             continue
         total = 0.0
-        for family in MultiProcessCollector.merge([str(f)], accumulate=True):
-            for s in family.samples:
-                if s.name == sample:
-                    total += s.value
+        try:
+            if f.stat().st_size < 8:  # not even the header (used bytes, padding) is there yet
+                raise ValueError("a file being created")
+            for family in MultiProcessCollector.merge([str(f)], accumulate=True):
+                for s in family.samples:
+                    if s.name == sample:
+                        total += s.value
+        except (OSError, ValueError, struct.error, UnicodeDecodeError):
+            total = 0.0
         out[int(m.group(1))] = total
     return out

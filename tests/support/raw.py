@@ -16,7 +16,7 @@ from typing import Any
 from support.servers import RouterServer
 
 # Every status the router documents for POST /hooks/<provider> (README "How an event flows").
-DOCUMENTED_STATUSES = frozenset({200, 400, 401, 403, 404, 405, 408, 413, 422, 503})
+DOCUMENTED_STATUSES = frozenset({200, 400, 401, 403, 404, 405, 408, 413, 414, 422, 431, 501, 503})
 
 
 @dataclass
