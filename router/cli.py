@@ -414,12 +414,13 @@ def worker(rules: str | None, rules_opt: str | None, concurrency: int | None) ->
     import signal
     import threading
 
-    from router import logs
+    from router import logs, metrics
     from router.web.state import RouterState
 
     path = _rules_path(rules, rules_opt)
     config = _load(path)
     logs.setup(config.redactor)
+    metrics.init(config.settings.store)  # beside `router serve`, into the folder its workers count in
     state = RouterState(config, Path(path))
     if concurrency:
         config.settings.delivery_concurrency = concurrency

@@ -110,3 +110,27 @@ rules:
     written = [json.loads(line)["event_id"] for line in out.read_text().splitlines()]
     assert sorted(written) == sorted(ids)  # each exactly once
     assert run_cli("dead-letters", "list", "--rules", rules).stdout.strip() in ("(none)", "")
+
+
+def test_a_commit_in_one_process_wakes_the_deliverer_of_another(tmp_path: Path) -> None:
+    """The SQLite wake channel: the first listener gets a wake-up per commit that made jobs; a
+    second listener on the same store is refused (it polls instead)."""
+    import threading
+
+    woken = threading.Event()
+    listening = open_store(tmp_path / "router.db", "process")
+    other = open_store(tmp_path / "router.db", "process")
+    try:
+        listening.on_new_jobs(woken.set)
+        assert other.wake.listen(lambda: None) is False
+        script = ("import sys; from router.store import open_store; from router.model import NewEvent;"
+                  " s = open_store(sys.argv[1], 'process');"
+                  " s.ingest(NewEvent(id='evt_wake', provider='src', received_ts=float(sys.argv[2]), headers={},"
+                  " query={}, content_type=None, body=b'{}', matched=['r'], jobs=[('r', 'a')]))")
+        writer = subprocess.run([sys.executable, "-c", script, str(tmp_path / "router.db"), str(now_ts())],
+                                capture_output=True, text=True, timeout=60)
+        assert writer.returncode == 0, writer.stderr
+        assert woken.wait(10), "no wake-up arrived from the other process's commit"
+    finally:
+        listening.close()
+        other.close()

@@ -26,6 +26,11 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEX
 _FILE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
+# errors that the same rendered path meets on every attempt (a name too long for the file system, a
+# byte sequence it refuses, a file where a folder must be)
+PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
+
+
 def safe_relative(rendered: str) -> list[str]:
     """The parts of a rendered path, or DeliveryError (permanent) when it would leave the root."""
     if "\x00" in rendered:
@@ -113,7 +118,10 @@ class FileAction(Action):
                 for i, _ in lines:
                     results[i] = exc
             except OSError as exc:
-                error = DeliveryError(f"cannot write: {os.strerror(exc.errno) if exc.errno else exc}", retryable=True)
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                # a name the file system refuses is refused again on every retry; a full disk, missing
+                # permission or a read-only mount is the operator's to mend, so those are retried
+                error = DeliveryError(f"cannot write: {reason}", retryable=exc.errno not in PERMANENT_ERRNOS)
                 for i, _ in lines:
                     results[i] = error
         return results

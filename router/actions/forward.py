@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import time
 from typing import Any
 
@@ -66,12 +67,32 @@ def _as_sign(ctx: Ctx, value: Any, path: PathT) -> bytes | None:
     return key
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # a header name (RFC 9110 5.1)
+
+
+def _as_headers(ctx: Ctx, value: Any, path: PathT) -> dict[str, Template] | None:
+    """Header templates; a name that is no header name, or a constant value holding a control
+    character, is refused here rather than at every delivery."""
+    headers = as_template_map(ctx, value, path)
+    if headers is None:
+        return None
+    for name, template in headers.items():
+        if not _TOKEN.match(name):
+            ctx.error(path + (name,), f"'{name}' is not a header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+                      at_key=True)
+        elif template.is_constant:
+            bad = http.forbidden_header_char({name: template.source})
+            if bad is not None:
+                ctx.error(path + (name,), f"the value would contain {bad[1]}, which no header may hold")
+    return headers
+
+
 class ForwardAction(Action):
     type_name = "forward"
     options = {
         "url": Field(as_url, required=True),
         "method": Field(one_of("POST", "PUT", "PATCH", "GET", "DELETE"), default="POST"),
-        "headers": Field(as_template_map, default={}),
+        "headers": Field(_as_headers, default={}),
         "body": Field(as_structured_template),
         "content_type": Field(as_str),
         "timeout": Field(as_duration, default=10.0),
@@ -104,10 +125,10 @@ class ForwardAction(Action):
                 content_type = "application/json"
         except TemplateError as exc:
             raise DeliveryError(str(exc), retryable=False) from None
-        bad = http.has_line_break(headers)
+        bad = http.forbidden_header_char(headers)
         if bad is not None:
-            raise DeliveryError(f"header {bad!r} would contain a line break or NUL; refused", retryable=False)
-        out = {"Content-Type": self.content_type or content_type, "User-Agent": http.USER_AGENT}
+            raise DeliveryError(f"header {bad[0]!r} would contain {bad[1]}; refused", retryable=False)
+        out: dict[str, str | bytes] = {"Content-Type": self.content_type or content_type, "User-Agent": http.USER_AGENT}
         out.update(headers)
         out.update(
             {
@@ -118,8 +139,13 @@ class ForwardAction(Action):
             }
         )
         for name, value in out.items():
-            if not value.isascii():
-                out[name] = value.encode("utf-8")  # type: ignore[assignment]  # sent as bytes, not mangled
+            if isinstance(value, str) and not value.isascii():
+                out[name] = value.encode("utf-8")  # sent as bytes, not mangled
+        if (self.body is None and self.content_type is None and d.content_type and not d.content_type.isascii()
+                and not any(name.lower() == "content-type" for name in headers)):
+            # the server's WSGI layer decoded the request's header bytes as latin-1 (PEP 3333):
+            # encoding it back gives the bytes the provider sent, unchanged
+            out["Content-Type"] = d.content_type.encode("latin-1", "replace")
         if self.sign_key is not None:
             # the id is stable across retries, so a receiver can deduplicate on it
             digest = hashlib.sha256(f"{d.rule}\0{self.name}".encode()).hexdigest()[:12]
@@ -128,7 +154,7 @@ class ForwardAction(Action):
 
     def preview(self, delivery: Delivery) -> dict[str, Any]:
         headers, body = self._request(delivery)
-        headers = {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in headers.items()}
+        headers = {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in headers.items()}
         if self.sign_key is not None:
             headers["webhook-signature"] = "v1,<computed at delivery>"
         for name in self.headers:

@@ -11,6 +11,7 @@ import email.utils
 import os
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field
 
 import urllib3
@@ -149,8 +150,14 @@ def raise_for_status(answer: Answer, cap: float) -> None:
     raise DeliveryError(reason, retryable=is_retryable_status(status), status=status, retry_after=retry_after)
 
 
-def has_line_break(values: dict[str, str]) -> str | None:
+def forbidden_header_char(values: dict[str, str]) -> tuple[str, str] | None:
+    """(header name, what is wrong) for the first header whose name or value holds a control
+    character, else None. Horizontal tab is field content (RFC 9110 5.5); every other control
+    character (C0, DEL, C1) is refused: a receiver may read a vertical tab or form feed as a line
+    break, or a NUL as the end of the value."""
     for key, value in values.items():
-        if any(c in str(key) for c in "\r\n\0") or any(c in str(value) for c in "\r\n\0"):
-            return str(key)
+        for c in f"{key}{value}":
+            if c != "\t" and unicodedata.category(c) == "Cc":
+                what = "a line break" if c in "\r\n" else "NUL" if c == "\0" else "a control character"
+                return str(key), f"{what} (U+{ord(c):04X})"
     return None

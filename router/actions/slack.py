@@ -3,6 +3,9 @@
 200 `ok` is success; 429 is retried after Retry-After (and holds the whole action meanwhile);
 other 4xx (`invalid_payload`, `no_service`, `channel_not_found`, `channel_is_archived`, ...) are
 permanent; 5xx are retried. Paced at one message per second by default, Slack's documented limit.
+
+Values substituted into `text` (and into the `text` fields of `blocks`) have `&`, `<` and `>`
+escaped, so a sender cannot mention `<!channel>` or mask a link; `| slack_raw` opts out.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ class SlackAction(Action):
     default_rate = 1.0
     options = {
         "webhook_url": Field(as_secret_url, required=True),
-        "text": Field(as_template),
-        "blocks": Field(as_structured_template),
+        "text": Field(lambda ctx, value, path: as_template(ctx, value, path, slack=True)),
+        "blocks": Field(lambda ctx, value, path: as_structured_template(ctx, value, path, slack=True)),
         "timeout": Field(as_duration, default=10.0),
     }
 

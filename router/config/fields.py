@@ -281,17 +281,17 @@ def as_path(ctx: Ctx, value: Any, path: PathT) -> Path | None:
     return p if p.is_absolute() else ctx.base_dir / p
 
 
-def compile_template(ctx: Ctx, raw: str, expanded: str, path: PathT) -> Template | None:
+def compile_template(ctx: Ctx, raw: str, expanded: str, path: PathT, *, slack: bool = False) -> Template | None:
     """Compile the expanded text; report errors from the file's own text, so a message never
     quotes a value substituted from the environment."""
     try:
-        return Template(expanded)
+        return Template(expanded, slack=slack)
     except TemplateError as exc:
         if raw == expanded:
             ctx.error(path, str(exc))
             return None
     try:
-        Template(raw)
+        Template(raw, slack=slack)
     except TemplateError as exc:
         ctx.error(path, str(exc))
         return None
@@ -299,17 +299,18 @@ def compile_template(ctx: Ctx, raw: str, expanded: str, path: PathT) -> Template
     return None
 
 
-def as_template(ctx: Ctx, value: Any, path: PathT, *, secret: bool = False) -> Template | None:
+def as_template(ctx: Ctx, value: Any, path: PathT, *, secret: bool = False, slack: bool = False) -> Template | None:
+    """A template; `slack`: the values it substitutes are escaped for Slack's markup."""
     text = as_str(ctx, value, path, secret=secret)
     if text is None:
         return None
-    return compile_template(ctx, str(value), text, path)
+    return compile_template(ctx, str(value), text, path, slack=slack)
 
 
-def as_structured_template(ctx: Ctx, value: Any, path: PathT) -> StructuredTemplate | Template | None:
+def as_structured_template(ctx: Ctx, value: Any, path: PathT, *, slack: bool = False) -> StructuredTemplate | Template | None:
     """A string template, or a YAML structure whose strings are templates."""
     if isinstance(value, str):
-        return as_template(ctx, value, path)
+        return as_template(ctx, value, path, slack=slack)
 
     def expand(v: Any, p: PathT) -> Any:
         if isinstance(v, str):
@@ -321,11 +322,11 @@ def as_structured_template(ctx: Ctx, value: Any, path: PathT) -> StructuredTempl
         return v
 
     try:
-        return StructuredTemplate(expand(value, path))
+        return StructuredTemplate(expand(value, path), slack=slack)
     except TemplateError:
         pass
     try:
-        StructuredTemplate(value)
+        StructuredTemplate(value, slack=slack)
     except TemplateError as exc:
         ctx.error(path, str(exc))
         return None

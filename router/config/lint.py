@@ -27,6 +27,7 @@ from router.pipeline.conditions import Check, Group
 
 TEMPLATE_NAMES = ("payload", "headers", "query", "provider", "event_id", "received_at", "rule", "event_type")
 _parser = jinja2.Environment()  # parsing only: the same syntax as the sandbox that renders
+_parser.filters["slack_raw"] = str  # known to Slack templates (router.templates); only its name matters here
 OPEN = None  # a path the schema cannot rule out
 
 
@@ -76,9 +77,12 @@ def lint(ctx: Ctx, config: Config) -> list[Problem]:
         if spec.dedupe is None or not isinstance(node, dict) or not isinstance(node.get("dedupe"), dict):
             continue
         key = node["dedupe"].get("key")
-        if isinstance(key, str):
-            for message in _template_problems(key, {name}, schemas):
-                warn(("providers", name, "dedupe", "key"), message)
+        parts = [(("providers", name, "dedupe", "key"), key)] if isinstance(key, str) else \
+            [(("providers", name, "dedupe", "key", i), k) for i, k in enumerate(key) if isinstance(k, str)] \
+            if isinstance(key, list) else []
+        for path, text in parts:
+            for message in _template_problems(text, {name}, schemas):
+                warn(path, message)
 
     # the inspector's password over plain HTTP ---------------------------------------------------
     inspector = config.settings.inspector

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
+from typing import Any
 
 from router.actions.base import Action
 from router.config.settings import RetryPolicy, Settings
@@ -20,8 +22,20 @@ IPNetwork = IPv4Network | IPv6Network
 
 @dataclass
 class Dedupe:
-    key: Template
+    """`key` is one template, or a list of templates whose rendered parts are encoded as a JSON
+    array, so ("a:b", "c") and ("a", "b:c") are different keys whatever the parts hold."""
+
+    key: Template | list[Template]
     window: float
+
+    def render(self, context: dict[str, Any]) -> str | None:
+        """The key for an event, or None (deduplicate nothing) when it renders empty."""
+        if isinstance(self.key, Template):
+            return self.key.render(context).strip() or None
+        parts = [t.render(context).strip() for t in self.key]
+        if not any(parts):
+            return None
+        return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass

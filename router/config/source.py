@@ -1,8 +1,10 @@
 """The rules file as YAML: plain Python values, plus the line and column where every node stands.
 
-Loaded with PyYAML's SafeLoader only (no tags that build objects), node by node, so that each value
-and each key keeps its mark for `FILE:LINE:COL` messages, duplicate keys are caught, alias cycles
-and alias bombs are refused, and the raw text of a key is kept (`on:` stays "on", not True).
+Loaded with PyYAML's safe loader only (libyaml's when present; no tags that build objects), node by
+node, so that each value and each key keeps its mark for `FILE:LINE:COL` messages, duplicate keys
+are caught, alias cycles and alias bombs are refused, and the raw text of a key is kept (`on:` stays
+"on", not True). Size is bounded three ways, each with its own message: bytes before parsing, nodes
+as written, and nodes that aliases add.
 """
 
 from __future__ import annotations
@@ -26,18 +28,53 @@ class Source:
     key_marks: dict[PathT, tuple[int, int]]
 
 
-MAX_NODES = 200_000  # an alias bomb expands past this; no honest rules file comes near it
+# A 4.6 MB file of 60,000 rules is about 1,080,000 nodes and takes some 6 s of CPU and 0.5 GB to
+# load, so past these a file is refused rather than read for minutes: bytes first, before any
+# parsing; nodes once composed, for a file denser than rules usually are.
+MAX_BYTES = 8 * 1024 * 1024  # about 100,000 rules
+MAX_NODES = 2_500_000  # nodes as written (each scalar, list and mapping once)
+MAX_ALIAS_NODES = 200_000  # nodes that aliases add when expanded: an alias bomb passes this, no honest file does
+
+# libyaml's parser is three to four times faster than PyYAML's own, and refuses nesting deeper than
+# 1000 levels itself; the marks and the safe constructor are the same
+_Loader: Any = getattr(yaml, "CSafeLoader", None) if getattr(yaml, "__with_libyaml__", False) else None
+_Loader = _Loader or yaml.SafeLoader
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 class _TooBig(Exception):
     pass
 
 
+def _written_nodes(root: yaml.Node, limit: int) -> int:
+    """How many distinct nodes the document has as written (an alias is the node it names);
+    stops counting past `limit`."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack and len(seen) <= limit:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.append(key)
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return len(seen)
+
+
 def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | None:
     value_marks: dict[PathT, tuple[int, int]] = {}
     key_marks: dict[PathT, tuple[int, int]] = {}
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_BYTES:
+        problems.append(Problem(filename, 1, 1, "yaml", f"the file is {size:,} bytes, more than the {MAX_BYTES:,} "
+                                "a rules file may be"))
+        return None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
     except yaml.YAMLError as exc:  # e.g. a control character the YAML reader refuses
         problems.append(_yaml_problem(filename, exc))
         return None
@@ -48,14 +85,28 @@ def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | No
             problems.append(Problem(filename, 1, 1, "yaml", "the file is nested too deeply to read"))
             return None
         except yaml.MarkedYAMLError as exc:
-            line, col, msg = explain_syntax_error(exc, text)
+            pure = _pure_parser_error(text)
+            if pure is not None and not isinstance(pure, yaml.MarkedYAMLError):
+                problems.append(_yaml_problem(filename, pure))  # e.g. a control character
+                return None
+            line, col, msg = explain_syntax_error(pure or exc, text)
             problems.append(Problem(filename, line, col, "yaml", f"YAML syntax error: {msg}"))
             return None
         except yaml.YAMLError as exc:
-            problems.append(Problem(filename, 1, 1, "yaml", f"YAML error: {exc}"))
+            pure = _pure_parser_error(text)
+            if pure is not None:
+                problems.append(_yaml_problem(filename, pure))
+            else:
+                problems.append(Problem(filename, 1, 1, "yaml", f"YAML error: {exc}"))
             return None
         if root is None:
             return Source(filename, None, value_marks, key_marks)
+        written = _written_nodes(root, MAX_NODES)
+        if written > MAX_NODES:
+            problems.append(Problem(filename, 1, 1, "yaml", f"the file has more than {MAX_NODES:,} YAML nodes "
+                                    "(scalars, lists and mappings as written), the most a rules file may have"))
+            return None
+        expanded_limit = written + MAX_ALIAS_NODES
 
         def pos(node: yaml.Node) -> tuple[int, int]:
             return node.start_mark.line + 1, node.start_mark.column + 1
@@ -65,7 +116,7 @@ def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | No
 
         def convert(node: yaml.Node, path: PathT) -> Any:
             count[0] += 1
-            if count[0] > MAX_NODES:
+            if count[0] > expanded_limit:
                 raise _TooBig()
             if id(node) in on_path:
                 line, col = pos(node)
@@ -78,6 +129,8 @@ def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | No
                     return convert_collection(node, path)
                 finally:
                     on_path.discard(id(node))
+            if node.tag == _STR_TAG:
+                return node.value  # what the constructor would return, without its bookkeeping
             try:
                 return loader.construct_object(node, deep=True)
             except (yaml.YAMLError, ValueError, OverflowError) as exc:
@@ -107,8 +160,8 @@ def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | No
         try:
             data = convert(root, ())
         except _TooBig:
-            problems.append(Problem(filename, 1, 1, "yaml", f"the file expands to more than {MAX_NODES:,} nodes "
-                                    "(aliases repeated inside aliases?)"))
+            problems.append(Problem(filename, 1, 1, "yaml", f"aliases expand the file by more than {MAX_ALIAS_NODES:,} "
+                                    f"nodes beyond the {written:,} written (aliases repeated inside aliases?)"))
             return None
         except RecursionError:
             problems.append(Problem(filename, 1, 1, "yaml", "the file is nested too deeply to read"))
@@ -119,6 +172,27 @@ def parse_yaml(text: str, filename: str, problems: list[Problem]) -> Source | No
         return Source(filename, data, value_marks, key_marks)
     finally:
         loader.dispose()
+
+
+def _pure_parser_error(text: str) -> yaml.YAMLError | None:
+    """The same fault as PyYAML's own parser words it: explain_syntax_error reads its messages
+    ("expected <block end>", the mark where a bracket opened), which libyaml words differently.
+    A broken file is read twice; a good one once."""
+    if _Loader is yaml.SafeLoader:
+        return None
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # the reader refuses a character before parsing starts
+        return exc
+    try:
+        loader.get_single_node()
+    except yaml.YAMLError as exc:
+        return exc
+    except RecursionError:
+        return None
+    finally:
+        loader.dispose()
+    return None
 
 
 _OPENERS = {"flow mapping": "'{'", "flow sequence": "'['", "quoted scalar": "quoted string"}

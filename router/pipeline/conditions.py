@@ -25,6 +25,7 @@ from typing import Any
 from router.config.fields import Ctx, did_you_mean
 from router.config.fields import kind as kind_of
 from router.config.source import PathT
+from router.pipeline.regex import RegexError, compile_regex
 
 MISSING = object()
 
@@ -360,9 +361,9 @@ def _compile_matcher(ctx: Ctx, node: Any, path: PathT) -> Matcher | None:
                 ctx.error(p, f"'regex' takes a string, not {kind_of(arg)}")
                 continue
             try:
-                rx = re.compile(_scalar_value(ctx, arg, p))
-            except re.error as exc:
-                ctx.error(p, f"regex does not compile: {exc}")
+                rx = compile_regex(_scalar_value(ctx, arg, p))
+            except RegexError as exc:
+                ctx.error(p, str(exc))
                 continue
             positives.append((lambda r: lambda v: isinstance(v, str) and r.search(v) is not None)(rx))
         elif op == "exists":

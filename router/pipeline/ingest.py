@@ -121,7 +121,7 @@ def accept(config: Config, spec: ProviderSpec, incoming: Incoming) -> Accepted:
         context = template_context(payload, headers, query, spec.name, event_id, iso_utc(received), None,
                                    event_type=event_type)
         try:
-            dedupe_key = spec.dedupe.key.render(context).strip() or None
+            dedupe_key = spec.dedupe.render(context)
         except TemplateError:
             dedupe_key = None  # a key we cannot compute deduplicates nothing; the event is still taken
     elif spec.default_dedupe:

@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -273,6 +277,94 @@ class WalSync:
             self._fd, self._retired = None, []
 
 
+MAX_SOCKET_PATH = 100  # a Unix socket's path must fit in sun_path (108 bytes on Linux)
+
+
+class WakeChannel:
+    """Tells a delivery process on this host, at once, that another process committed new jobs.
+
+    A Unix datagram socket beside the store: the one delivery process listening binds it, and
+    every ingest that created jobs sends it one byte (non-blocking; a full queue or nobody
+    listening costs nothing and loses nothing, since the deliverer also polls). PostgreSQL does
+    the same with LISTEN/NOTIFY across hosts."""
+
+    def __init__(self, db_path: Path):
+        # in a private folder of the system's temporary directory, one per store (like the metrics'),
+        # so the path is short enough for a socket whatever the store's, and the store's folder holds data only
+        digest = hashlib.sha256(str(Path(db_path).resolve()).encode()).hexdigest()[:16]
+        folder = Path(tempfile.gettempdir()) / f"router-wake-{os.getuid()}-{digest}"
+        path = str(folder / "wake")
+        self.folder = folder
+        self.path = path if len(path) <= MAX_SOCKET_PATH else None
+        self._sender: socket.socket | None = None
+        self._sender_pid = 0
+        self._listener: socket.socket | None = None
+
+    def notify(self) -> None:
+        if self.path is None:
+            return
+        if self._sender is None or self._sender_pid != os.getpid():
+            self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sender.setblocking(False)
+            self._sender_pid = os.getpid()
+        try:
+            self._sender.sendto(b"!", self.path)
+        except OSError:
+            pass  # nobody listens, or it has enough wake-ups queued already
+
+    def listen(self, wake: Callable[[], None]) -> bool:
+        """Bind the channel and call `wake` for every notice, in a thread; False when another
+        process listens already (it delivers; this one polls)."""
+        if self.path is None or self._listener is not None:
+            return False
+        try:
+            self.folder.mkdir(mode=0o700, exist_ok=True)
+            st = os.lstat(self.folder)
+        except OSError:
+            return False
+        if st.st_uid != os.getuid() or st.st_mode & 0o077 or not stat.S_ISDIR(st.st_mode):
+            return False  # not our own private folder: poll rather than listen where others can reach
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            probe.connect(self.path)
+            return False  # somebody is listening
+        except OSError:
+            pass
+        finally:
+            probe.close()
+        try:
+            os.unlink(self.path)  # a socket left by a listener that died
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            listener.bind(self.path)
+        except OSError:
+            listener.close()
+            return False
+        self._listener = listener
+
+        def loop() -> None:
+            while True:
+                try:
+                    listener.recv(4096)
+                except OSError:
+                    return  # closed
+                wake()
+
+        threading.Thread(target=loop, name="router-wake", daemon=True).start()
+        return True
+
+    def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None and self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            listener.close()
+
+
 class _transaction:
     """BEGIN IMMEDIATE ... COMMIT (under the store's write lock, when given), or ROLLBACK on any error."""
 
@@ -468,6 +560,7 @@ class SqliteStore:
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.write_lock = WriteLock(self.path)
+        self.wake = WakeChannel(self.path)
         self._generation = 0  # bumped by a fault: every connection of this process is opened again
         self._schema_pending = True
         if self.path.exists() and not_writable(self.path):
@@ -522,7 +615,10 @@ class SqliteStore:
             if self._committer is None or not self._committer.alive(os.getpid()):
                 self._committer = _GroupCommitter(self)
             committer = self._committer
-        return committer.submit(event, timeout)
+        result = committer.submit(event, timeout)
+        if result.deliveries:
+            self.wake.notify()
+        return result
 
     def _ingest_batch(self, conn: sqlite3.Connection,
                       take: Callable[[], Sequence[_Rows]]) -> list[IngestResult | Exception]:
@@ -806,7 +902,8 @@ class SqliteStore:
         return self._conn().execute(f"SELECT count(*) FROM jobs WHERE {where}", args).fetchone()[0]
 
     def on_new_jobs(self, wake: Callable[[], None]) -> None:
-        """Nothing to listen to: the ingesting process kicks its own deliverer, others poll."""
+        """Another process's new jobs wake this one (one listener per store and host; others poll)."""
+        self.wake.listen(wake)
 
     def clock(self) -> float:
         return now_ts()
@@ -1064,6 +1161,7 @@ class SqliteStore:
                 pass
         self._local.conn = None
         self.wal_sync.close()
+        self.wake.close()
 
 
 class _GroupCommitter:

@@ -7,7 +7,10 @@ reported with validate's messages and the old workers keep serving the old rules
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -23,7 +26,68 @@ def default_workers() -> int:
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
 
 
+class DeliveryProcess:
+    """`router worker` beside the gunicorn workers, started, watched and stopped by the master.
+
+    Delivery in its own process keeps it off the request threads' CPU and GIL: a worker serving
+    hooks only ingests. The master starts it again when it dies (at most once a second), passes a
+    HUP on (it reloads the rules itself) and, on a stop, sends TERM and waits for it to hand back
+    what it claimed but did not start."""
+
+    RESPAWN_EVERY = 1.0
+
+    def __init__(self, rules: str):
+        self.rules = rules
+        self.proc: subprocess.Popen | None = None
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, "-m", "router", "worker", self.rules])
+        logs.info("delivery process started", pid=self.proc.pid)
+
+    def check(self) -> None:
+        if self.proc is None or self.proc.poll() is None:
+            return
+        if time.monotonic() - self._started < self.RESPAWN_EVERY:
+            return
+        logs.warning("delivery process exited; starting another", pid=self.proc.pid, status=self.proc.returncode)
+        self.start()
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class _Arbiter(Arbiter):
+    delivery: DeliveryProcess | None = None
+
+    def start(self) -> None:
+        super().start()
+        if self.delivery is not None:
+            self.delivery.start()
+
+    def manage_workers(self) -> None:
+        super().manage_workers()
+        if self.delivery is not None:
+            self.delivery.check()
+
+    def stop(self, graceful: bool = True) -> None:
+        super().stop(graceful)
+        if self.delivery is not None:
+            self.delivery.stop(self.cfg.graceful_timeout if graceful else 5.0)
+
     def handle_hup(self) -> None:
         rules = os.environ.get("ROUTER_RULES", "")
         try:
@@ -36,6 +100,8 @@ class _Arbiter(Arbiter):
         logs.info("rules reloaded; restarting workers", rules=rules)
         metrics.reload(True)
         super().handle_hup()
+        if self.delivery is not None:
+            self.delivery.signal(signal.SIGHUP)
 
 
 class RouterApplication(BaseApplication):
@@ -52,9 +118,13 @@ class RouterApplication(BaseApplication):
 
         return app
 
+    delivery: DeliveryProcess | None = None
+
     def run(self) -> None:
         try:
-            _Arbiter(self).run()
+            arbiter = _Arbiter(self)
+            arbiter.delivery = self.delivery
+            arbiter.run()
         except RuntimeError as exc:
             logs.error("gunicorn could not start", error=str(exc))
             sys.exit(1)
@@ -94,7 +164,8 @@ def _control_options(store: str | os.PathLike, bind: str) -> dict[str, Any]:
 def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: int, access_log: bool,
         delivery: bool) -> None:
     os.environ["ROUTER_RULES"] = rules
-    os.environ["ROUTER_DELIVERY"] = "on" if delivery else "off"
+    # the gunicorn workers only ingest; delivery runs in a process of its own beside them
+    os.environ["ROUTER_DELIVERY"] = "off"
     config = load(rules)
     logs.setup(config.redactor)
     for warning in config.warnings:  # what `router validate` warns about, once, from the master
@@ -121,7 +192,9 @@ def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: in
         "forwarded_allow_ips": "127.0.0.1",
         **_control_options(config.settings.store, bind),
     }
-    RouterApplication(options).run()
+    application = RouterApplication(options)
+    application.delivery = DeliveryProcess(rules) if delivery else None
+    application.run()
 
 
 def _loopback(bind: str) -> bool:

@@ -27,6 +27,20 @@ def children_of(pid: int) -> list[int]:
     return sorted(set(found))
 
 
+def is_delivery_process(pid: int) -> bool:
+    """The `router worker` that `router serve` runs beside its gunicorn workers (also a child of the master)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return argv[2:4] == [b"router", b"worker"]
+
+
+def delivery_pids(server: RouterServer) -> list[int]:
+    assert server.proc is not None
+    return [pid for pid in children_of(server.proc.pid) if is_delivery_process(pid)]
+
+
 def alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
     try:
@@ -68,7 +82,7 @@ def healthy(url: str) -> bool:
 def worker_pids(server: RouterServer) -> list[int]:
     """The gunicorn workers: direct children of the master."""
     assert server.proc is not None and server.proc.poll() is None, "the gunicorn master is not running"
-    return children_of(server.proc.pid)
+    return [pid for pid in children_of(server.proc.pid) if not is_delivery_process(pid)]
 
 
 def healthz(server: RouterServer, timeout: float = 5.0) -> int:
@@ -110,7 +124,7 @@ def wait_workers(server: RouterServer, n: int, *, timeout: float = 20.0, exclude
                  ) -> list[int]:
     """Wait until the master has exactly n workers, none of them in `exclude`, all answering."""
     def probe() -> list[int] | None:
-        pids = children_of(master_pid(server))
+        pids = [pid for pid in children_of(master_pid(server)) if not is_delivery_process(pid)]
         if len(pids) == n and not set(pids) & set(exclude):
             return pids
         return None
