@@ -625,7 +625,10 @@ def main() -> None:
         text += pg_report(postgres, duration, backlog) if postgres else ""
         print(text)
         if not args.quick:
-            Path(args.output).write_text("# Benchmark results\n\nMade by `python benchmarks/run.py`.\n\n" + text)
+            made = "python benchmarks/run.py" + (f" --only {args.only}" if args.only else "")
+            title = "PostgreSQL benchmark results" if args.only == "postgres" else "Benchmark results"
+            Path(args.output).write_text(f"# {title}\n\nMade by `{made}`. Noisy: a shared 2-core machine; compare "
+                                         "ratios within a run, not across runs.\n\n" + text)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
