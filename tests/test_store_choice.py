@@ -53,9 +53,10 @@ def test_store_setting_is_a_path_or_a_uri(text: str, expected: str, tmp_path: Pa
 
 def test_router_store_overrides_the_setting(tmp_path: Path) -> None:
     uri = f"postgresql://u:{PASSWORD}@db/router"
-    config = loads(RULES.format(store="var/router.db"), base_dir=tmp_path, env={"ROUTER_STORE": uri})
-    assert config.settings.store == uri
-    assert config.redactor(uri) == "<secret>"  # from the environment: the whole URI is a secret
+    config = loads(RULES.format(store='"${DATABASE_URL}"'), base_dir=tmp_path, env={"ROUTER_STORE": uri})
+    assert config.settings.store == uri  # and the file's ${DATABASE_URL} need not be set
+    assert config.redactor(uri) == "postgresql://u:<secret>@db/router"
+    assert PASSWORD not in config.summary() and "db/router" in config.summary()
     sqlite = loads(RULES.format(store="var/router.db"), base_dir=tmp_path, env={"ROUTER_STORE": "other/r.db"})
     assert sqlite.settings.store == tmp_path / "other" / "r.db"
 

@@ -151,12 +151,11 @@ def _build(ctx: Ctx) -> Config | None:
 
     # settings ---------------------------------------------------------------
     settings_node = check_mapping(ctx, root.get("settings"), ("settings",), "settings") or {}
-    s = convert_fields(ctx, settings_node, ("settings",), SETTINGS_FIELDS)
     override = ctx.env.get(STORE_ENV)
+    if override:  # the file's own store setting is not read (its ${VAR}s need not be set)
+        settings_node = {k: v for k, v in settings_node.items() if k != "store"}
+    s = convert_fields(ctx, settings_node, ("settings",), SETTINGS_FIELDS)
     if override:
-        # from the environment, so the whole value is treated as a secret (a URI may carry a password)
-        if override.startswith(("postgresql://", "postgres://")):
-            ctx.redactor.add(override)
         s["store"] = as_store(ctx, override, ("settings", "store"))
     settings = Settings(
         store=s["store"] or ctx.base_dir / "var" / "router.db",

@@ -27,18 +27,20 @@ STORE_ENV = "ROUTER_STORE"  # overrides settings.store (the 12-factor way: the s
 
 
 def as_store(ctx: Ctx, value: Any, path: PathT) -> Path | str | None:
-    """A SQLite path (relative to the rules file) or a PostgreSQL URI. The URI's password, and the whole
-    URI when it came from the environment, are secrets: they never reach a log, an error or the CLI."""
+    """A SQLite path (relative to the rules file) or a PostgreSQL URI, whose password is a secret: it
+    never reaches a log, an error or the CLI (where the URI is shown, it is shown without it).
+
+    Only the password is given to the redactor, not the whole URI: the redactor also hides every
+    piece of a secret URL (its path: here the database's name), which would blank out the host and
+    database an operator needs to see, and any log line that happens to contain the name."""
     if isinstance(value, str) and ("$" in value or is_postgres(value.strip())):
         expanded = ctx.expand(value, path).strip()
         if is_postgres(expanded):
-            if "$" in value:
-                ctx.redactor.add(expanded)
-            return store_uri(ctx, expanded, path)
+            return store_uri(ctx, expanded)
     return as_path(ctx, value, path)
 
 
-def store_uri(ctx: Ctx, uri: str, path: PathT) -> str | None:
+def store_uri(ctx: Ctx, uri: str) -> str:
     password = uri_password(uri)
     if password:
         ctx.redactor.add(password)
