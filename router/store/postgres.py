@@ -15,6 +15,8 @@ hosts at once the way PostgreSQL queues do it (river, procrastinate):
 - `synchronous_commit` is on for `durability: fsync`: an ingest returns only after the database
   has flushed its commit. `durability: process` turns it off (a database crash may forget the last
   few hundred milliseconds of commits; a router crash loses nothing).
+- Concurrent ingests of a process share one transaction (a group commit, pipelined: one round
+  trip and one WAL flush for the batch); a batch that fails is written again event by event.
 - Ingest NOTIFYs a channel (at most every NOTIFY_DEBOUNCE seconds per process); `on_new_jobs`
   listens on it in a thread that reconnects. Polling stays the backstop.
 - The schema is versioned in `meta` and created or migrated by one host at a time under an
