@@ -24,7 +24,7 @@ from typing import IO, Any, NoReturn
 
 import click
 
-from router import __version__
+from router import __version__, logs
 from router.config.fields import did_you_mean, parse_duration
 from router.config.loader import load, load_for_store
 from router.config.model import Config
@@ -414,7 +414,7 @@ def worker(rules: str | None, rules_opt: str | None, concurrency: int | None) ->
     import signal
     import threading
 
-    from router import logs, metrics
+    from router import metrics
     from router.web.state import RouterState
 
     path = _rules_path(rules, rules_opt)
@@ -585,6 +585,7 @@ def replay(args: tuple[str, ...], rules_opt: str | None, action: str | None, sin
     if ident is not None:
         count = store.replay(ident)
         if count:
+            logs.info("dead letters replayed", id=ident, count=count)
             echo(f"re-queued {count} deliver{'y' if count == 1 else 'ies'}")
             return
         raise Invalid(_why_nothing_to_replay(store, ident))
@@ -601,6 +602,7 @@ def replay(args: tuple[str, ...], rules_opt: str | None, action: str | None, sin
         if not click.confirm("Re-queue them?", default=False):
             raise Invalid("nothing re-queued")
     done = store.replay_dead(action=action, since=since)
+    logs.info("dead letters replayed", action=action, since=_iso(since) if since is not None else None, count=done)
     echo(f"re-queued {done} deliver{'y' if done == 1 else 'ies'}")
 
 

@@ -177,6 +177,10 @@ class Deliverer:
         leases = {name: spec.timeout + LEASE_MARGIN for name, spec in config.actions.items()}
         rates = {name: spec.rate for name, spec in config.actions.items() if spec.rate}
         jobs = self.store.claim(self.owner, idle * PER_THREAD, leases, rates)
+        for job in jobs:
+            if job.lost_by is not None:
+                logs.warning("lease expired; delivering again", event_id=job.event_id, rule=job.rule,
+                             action=job.action, job_id=job.id, lost_by=job.lost_by, attempt=job.attempts)
         items = share_out(jobs, idle, {name for name, spec in config.actions.items() if spec.impl.batches})
         with self._busy_lock:
             self._busy += len(items)
@@ -291,10 +295,13 @@ class Deliverer:
         outcome.latency_ms = latency
         label = outcome.verdict.value
         metrics.delivery(job.action, label, latency / 1000)
-        logs.info(
-            "delivery", event_id=job.event_id, provider=job.event.provider if job.event else None, rule=job.rule, action=job.action,
-            attempt=job.attempts, outcome=label, status=error.status, error=error.message, latency_ms=round(latency, 2),
-        )
+        fields = dict(event_id=job.event_id, provider=job.event.provider if job.event else None, rule=job.rule,
+                      action=job.action, attempt=job.attempts, outcome=label, status=error.status, error=error.message,
+                      latency_ms=round(latency, 2))
+        if outcome.verdict is Verdict.DEAD:
+            logs.warning("delivery", reason=outcome.reason, **fields)  # a dead letter: somebody should look
+        else:
+            logs.info("delivery", **fields)
         return outcome
 
 

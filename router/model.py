@@ -119,6 +119,7 @@ class Job:
     created_ts: float
     event: StoredEvent | None = None  # None when the event is no longer in the store
     round_start: int = 0  # attempts made before the last replay; the retry schedule counts from here
+    lost_by: str | None = None  # the owner of the previous claim, when its lease ran out without an outcome
 
     @property
     def round_attempt(self) -> int:

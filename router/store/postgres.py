@@ -189,7 +189,7 @@ slots AS (
     UPDATE rates r SET next_ts = now.t + rated.interval_s
     FROM rated, now WHERE r.action = rated.action AND r.action IN (SELECT action FROM picked)
 )
-SELECT l.id, l.event_id, l.rule, l.action, l.attempts, l.created_ts, l.round_start,
+SELECT l.id, l.event_id, l.rule, l.action, l.attempts, l.created_ts, l.round_start, l.previous,
        e.id, e.provider, e.received_at, e.headers, e.query, e.content_type, e.body
 FROM leased l LEFT JOIN events e ON e.id = l.event_id
 ORDER BY l.id
@@ -567,8 +567,8 @@ class PostgresStore:
                 "lease_actions": list(leases), "lease_secs": list(leases.values()),
                 "only": None if actions is None else list(actions),
             }).fetchall()
-        return [Job(r[0], r[1], r[2], r[3], r[4], owner, r[5], round_start=r[6],
-                    event=_stored_event(r[7:]) if r[7] is not None else None) for r in rows]
+        return [Job(r[0], r[1], r[2], r[3], r[4], owner, r[5], round_start=r[6], lost_by=r[7],
+                    event=_stored_event(r[8:]) if r[8] is not None else None) for r in rows]
 
     @_translated
     def finish(self, outcomes: Sequence[Outcome]) -> int:

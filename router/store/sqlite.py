@@ -761,7 +761,7 @@ class SqliteStore:
                     lost.append((job_id, attempts, now, None, "worker lost the job (lease expired)", None, 1))
                 updates.append((owner, now + lease, now, job_id))
                 claimed.append(Job(job_id, event_id, rule, action, attempts + 1, owner, created_ts,
-                                   round_start=round_start))
+                                   round_start=round_start, lost_by=previous_owner))
             conn.executemany(
                 "UPDATE jobs SET attempts = attempts + 1, lease_owner = ?, next_ts = ?, updated_ts = ? WHERE id = ?",
                 updates,

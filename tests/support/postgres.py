@@ -54,12 +54,20 @@ class PgCluster:
         self.proc: subprocess.Popen | None = None
         self._names = itertools.count(1)
         self._run_as: dict[str, Any] = {}
+        self.bins: Path | None = None
+        self._copied: Path | None = None
 
     # socket paths are limited to ~107 bytes, so the folder is short and in /tmp
     def start(self, timeout: float = 60.0) -> PgCluster:
-        bins = bin_dir()
+        bins = self.bins = bin_dir()
         self.root = Path(tempfile.mkdtemp(prefix="rpg", dir="/tmp"))
         if os.geteuid() == 0:
+            # the unprivileged user must reach the binaries: a virtual environment under a private
+            # folder (mktemp -d, /root) is out of its reach, so run a copy of the install from /tmp
+            self._copied = Path(tempfile.mkdtemp(prefix="rpg-bin", dir="/tmp"))
+            os.chmod(self._copied, 0o755)
+            shutil.copytree(bins.parent, self._copied / "pginstall", symlinks=True)
+            bins = self.bins = self._copied / "pginstall" / "bin"
             import pwd
 
             try:
@@ -85,7 +93,7 @@ class PgCluster:
         log = open(self.root / "postgres.log", "ab")
         try:
             self.proc = subprocess.Popen(
-                [str(bin_dir() / "postgres"), "-D", str(self.root / "data"), "-k", str(self.root), "-h", "",
+                [str((self.bins or bin_dir()) / "postgres"), "-D", str(self.root / "data"), "-k", str(self.root), "-h", "",
                  "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", f"max_connections={self.max_connections}",
                  "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **self._run_as,
@@ -145,3 +153,6 @@ class PgCluster:
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
+        if self._copied is not None:
+            shutil.rmtree(self._copied, ignore_errors=True)
+            self._copied = None
