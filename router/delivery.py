@@ -240,7 +240,8 @@ class Deliverer:
             error = DeliveryError("the event is no longer in the store", retryable=False)
             return self._failed(job, spec, error, started)
         try:
-            status = spec.impl.deliver(delivery_for(job, config))
+            delivery = delivery_for(job, config)
+            status = spec.impl.deliver(delivery)
         except DeliveryError as failed:
             return self._failed(job, spec, failed, started)
         except UnicodeError as exc:  # the same bytes fail the same way every time
@@ -249,7 +250,7 @@ class Deliverer:
         except Exception as exc:  # a bug of ours: never lose the job to it; the schedule still applies
             internal = DeliveryError(f"internal error: {type(exc).__name__}: {exc}", retryable=True)
             return self._failed(job, spec, internal, started)
-        return self._delivered(job, status, started)
+        return self._delivered(job, status, started, delivery.response)
 
     def attempt_batch(self, jobs: list[Job]) -> list[Outcome]:
         """One attempt of each of these jobs of one action, in one call of the action's deliver_batch."""
@@ -272,15 +273,17 @@ class Deliverer:
                 outcomes.append(self._delivered(job, result, started))
         return outcomes
 
-    def _delivered(self, job: Job, status: int | None, started: float) -> Outcome:
+    def _delivered(self, job: Job, status: int | None, started: float, response: str | None = None) -> Outcome:
         latency = (time.perf_counter() - started) * 1000
         metrics.delivery(job.action, "delivered", latency / 1000)
         logs.info(
             "delivery", event_id=job.event_id, provider=job.event.provider if job.event else None, rule=job.rule,
             action=job.action, attempt=job.attempts, outcome="delivered", status=status, latency_ms=round(latency, 2),
         )
+        if response is not None:
+            response = self.get_config().redactor(response)  # a destination may echo what we sent it
         return Outcome(job.id, job.lease_owner, job.action, job.attempts, Verdict.DELIVERED, now_ts(),
-                       status=status, latency_ms=latency)
+                       status=status, latency_ms=latency, response=response)
 
     def _failed(self, job: Job, spec: ActionSpec | None, error: DeliveryError, started: float) -> Outcome:
         latency = (time.perf_counter() - started) * 1000
@@ -293,6 +296,8 @@ class Deliverer:
         else:
             outcome = decide(job, spec, error, now)
         outcome.latency_ms = latency
+        if error.response is not None:
+            outcome.response = self.get_config().redactor(error.response)
         label = outcome.verdict.value
         metrics.delivery(job.action, label, latency / 1000)
         fields = dict(event_id=job.event_id, provider=job.event.provider if job.event else None, rule=job.rule,

@@ -102,9 +102,11 @@ class DeliveryError(RouterError):
         retryable: bool,
         status: int | None = None,
         retry_after: float | None = None,
+        response: str | None = None,
     ):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+        self.response = response  # the first bytes of the destination's answer, when there was one

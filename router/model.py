@@ -142,3 +142,4 @@ class Outcome:
     latency_ms: float | None = None
     retryable: bool = False
     hold_action_until: float | None = None
+    response: str | None = None  # the first bytes of the destination's answer, as text (redacted)

@@ -539,7 +539,9 @@ def test_opening_a_store_that_kept_a_rules_copy_deletes_it_bytes_and_all(tmp_pat
     finally:
         store.close()
     rows = sqlite3.connect(path).execute("SELECT key, value FROM meta").fetchall()
-    assert rows == [("schema_version", "2")], rows
+    from router.store.sqlite import SCHEMA_VERSION
+
+    assert rows == [("schema_version", str(SCHEMA_VERSION))], rows
     for p in tmp_path.glob("old.db*"):
         assert INLINE_TOKEN.encode() not in p.read_bytes(), p
 

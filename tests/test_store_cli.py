@@ -115,11 +115,12 @@ def test_events_show_has_payload_and_every_delivery_with_its_attempts(router: Ro
     assert (media["rule"], media["state"], media["attempts"], media["last_status"]) == ("mixed", "dead", 2, 503)
     assert [(h["n"], h["status"]) for h in media["history"]] == [(1, 503), (2, 503)]
     assert all("HTTP 503" in h["error"] for h in media["history"])
+    assert [h["response"] for h in media["history"]] == ["media is down", "media is down"]  # the answer's first bytes
     assert "gave up after 2 attempts" in media["last_error"]
 
     copy = deliveries["copy"]
     assert (copy["state"], copy["attempts"]) == ("delivered", 1)
-    assert [(h["n"], h["status"], h["error"]) for h in copy["history"]] == [(1, 200, None)]
+    assert [(h["n"], h["status"], h["error"], h["response"]) for h in copy["history"]] == [(1, 200, None, "ok")]
 
 
 @pytest.mark.parametrize("ident", ["evt_000000000000deadbeefdeadbeef", "no-such-event"])

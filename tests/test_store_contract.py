@@ -528,3 +528,41 @@ def test_a_host_with_a_wrong_clock_still_agrees_with_the_others(pg_database: str
     finally:
         ahead.close()
         honest.close()
+
+
+def test_an_attempt_keeps_the_first_bytes_of_the_answer(store: Store) -> None:
+    store.ingest(event())
+    (job,) = store.claim("A", 1, LEASES, {})
+    done = outcome(job)
+    done.response = '{"accepted": true, "id": "downstream-7"}'
+    assert store.finish([done]) == 1
+    (attempt,) = store.attempts(job.id)
+    assert attempt.response == '{"accepted": true, "id": "downstream-7"}'
+    shown = store.show_event(job.event_id)
+    assert shown is not None and shown["deliveries"][0]["history"][0]["response"] == attempt.response
+
+
+def test_a_sqlite_store_of_an_earlier_version_gains_the_response_column(tmp_path: Path) -> None:
+    """A version-2 file (attempts without `response`) opens, keeps its attempts, and records answers."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    open_store(path, "process").close()
+    with sqlite3.connect(path) as conn:  # make it look like a store written by the previous release
+        conn.execute("DROP TABLE attempts")
+        conn.execute("CREATE TABLE attempts (job_id INTEGER NOT NULL, n INTEGER NOT NULL, at_ts REAL NOT NULL,"
+                     " status INTEGER, error TEXT, latency_ms REAL, retryable INTEGER, PRIMARY KEY (job_id, n))"
+                     " WITHOUT ROWID")
+        conn.execute("INSERT INTO attempts VALUES (99, 1, 1.0, 500, 'HTTP 500', 2.0, 1)")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    store = open_store(path, "process")
+    try:
+        assert [(a.n, a.status, a.response) for a in store.attempts(99)] == [(1, 500, None)]
+        store.ingest(event())
+        (job,) = store.claim("A", 1, LEASES, {})
+        done = outcome(job)
+        done.response = "ok"
+        assert store.finish([done]) == 1
+        assert store.attempts(job.id)[0].response == "ok"
+    finally:
+        store.close()

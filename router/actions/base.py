@@ -33,6 +33,7 @@ class Delivery:
     content_type: str | None
     source: Provider | None = None  # the provider's type: how its bodies parse, what it calls the event
     _payload: Any = None
+    response: str | None = None  # set by the attempt: the first bytes of the destination's answer
 
     @property
     def payload(self) -> Any:

@@ -168,4 +168,5 @@ class ForwardAction(Action):
             self.method, self.url, headers=headers, data=body, timeout=self.timeout, follow_redirects=self.follow_redirects
         )
         http.raise_for_status(response, self.settings.retry_after_cap)
+        delivery.response = http.snippet(response)
         return response.status

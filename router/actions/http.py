@@ -143,11 +143,12 @@ def raise_for_status(answer: Answer, cap: float) -> None:
     detail = snippet(answer)
     reason = f"HTTP {status}" + (f": {detail}" if detail else "")
     if 300 <= status < 400:
-        raise DeliveryError(f"{reason} (redirect not followed)", retryable=False, status=status)
+        raise DeliveryError(f"{reason} (redirect not followed)", retryable=False, status=status, response=detail)
     retry_after = parse_retry_after(answer.headers.get("retry-after"))
     if retry_after is not None:
         retry_after = min(retry_after, cap)
-    raise DeliveryError(reason, retryable=is_retryable_status(status), status=status, retry_after=retry_after)
+    raise DeliveryError(reason, retryable=is_retryable_status(status), status=status, retry_after=retry_after,
+                        response=detail)
 
 
 def forbidden_header_char(values: dict[str, str]) -> tuple[str, str] | None:

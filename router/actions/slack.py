@@ -70,6 +70,7 @@ class SlackAction(Action):
         headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": http.USER_AGENT}
         response = http.send("POST", self.webhook_url.reveal(), headers=headers, data=body, timeout=self.timeout)
         if response.status == 200:
+            delivery.response = http.snippet(response)
             return 200
         http.raise_for_status(response, self.settings.retry_after_cap)
         return response.status

@@ -56,6 +56,7 @@ class AttemptRow:
     error: str | None
     latency_ms: float | None
     retryable: bool | None
+    response: str | None = None  # the first bytes of the destination's answer
 
 
 @dataclass
@@ -181,7 +182,7 @@ def payload_view(body: bytes) -> Any:
 
 def attempt_view(a: AttemptRow) -> dict[str, Any]:
     return {"n": a.n, "at": iso_utc(a.at_ts), "status": a.status, "error": a.error,
-            "latency_ms": round(a.latency_ms, 2) if a.latency_ms is not None else None}
+            "latency_ms": round(a.latency_ms, 2) if a.latency_ms is not None else None, "response": a.response}
 
 
 def dead_view(job: JobRow, history: list[dict[str, Any]]) -> dict[str, Any]:

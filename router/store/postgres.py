@@ -64,7 +64,7 @@ from router.store.base import (
 )
 from router.store.uri import safe_uri, uri_password
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: attempts keep the first bytes of the answer
 CHANNEL = "router_jobs"
 NOTIFY_DEBOUNCE = 0.05  # seconds: a burst of ingests sends a few NOTIFYs, not one per event
 LISTEN_CHECK = 10.0  # seconds between liveness checks of the listening connection
@@ -132,6 +132,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 CREATE TABLE IF NOT EXISTS rates (action text PRIMARY KEY, next_ts float8 NOT NULL);
 """,
+    2: "ALTER TABLE attempts ADD COLUMN IF NOT EXISTS response text",
 }
 
 _JOB_COLUMNS = ("id, event_id, rule, action, state, attempts, round_start, next_ts, lease_owner, created_ts,"
@@ -205,10 +206,10 @@ done AS (
     WHERE id = %(job_id)s AND lease_owner = %(owner)s AND state = 'pending' AND attempts = %(attempt)s
     RETURNING id, now.skew
 )
-INSERT INTO attempts (job_id, n, at_ts, status, error, latency_ms, retryable)
-SELECT id, %(attempt)s, %(at)s + skew, %(status)s, %(error)s, %(latency_ms)s, %(retryable)s FROM done
+INSERT INTO attempts (job_id, n, at_ts, status, error, latency_ms, retryable, response)
+SELECT id, %(attempt)s, %(at)s + skew, %(status)s, %(error)s, %(latency_ms)s, %(retryable)s, %(response)s FROM done
 ON CONFLICT (job_id, n) DO UPDATE SET at_ts = excluded.at_ts, status = excluded.status, error = excluded.error,
-    latency_ms = excluded.latency_ms, retryable = excluded.retryable
+    latency_ms = excluded.latency_ms, retryable = excluded.retryable, response = excluded.response
 """
 
 _RELEASE = f"""
@@ -588,6 +589,7 @@ class PostgresStore:
                     "host_now": host_now, "state": o.verdict.state.value, "next_ts": o.next_ts or o.at, "at": o.at,
                     "status": o.status, "last_error": o.reason or o.error, "job_id": o.job_id, "owner": o.owner,
                     "attempt": o.attempt, "error": o.error, "latency_ms": o.latency_ms, "retryable": o.retryable,
+                    "response": o.response,
                 })
             if o.hold_action_until is not None:
                 holds.append({"action": o.action, "until": o.hold_action_until, "host_now": host_now})
@@ -841,8 +843,8 @@ class PostgresStore:
     def attempts(self, job_id: int) -> list[AttemptRow]:
         with self._pool().connection() as conn:
             rows = conn.execute(
-                "SELECT job_id, n, at_ts, status, error, latency_ms, retryable FROM attempts WHERE job_id = %s"
-                " ORDER BY n", (job_id,),
+                "SELECT job_id, n, at_ts, status, error, latency_ms, retryable, response FROM attempts"
+                " WHERE job_id = %s ORDER BY n", (job_id,),
             ).fetchall()
         return [AttemptRow(*r) for r in rows]
 

@@ -56,7 +56,7 @@ from router.store.base import (
     payload_view,
 )
 
-SCHEMA_VERSION = 2  # 2: no rules snapshot in `meta`
+SCHEMA_VERSION = 3  # 2: no rules snapshot in `meta`; 3: attempts keep the first bytes of the answer
 ROWS_PER_INSERT = 64  # rows per multi-row INSERT of a batch (a statement of its own per count, cached)
 BUSY_TIMEOUT_MS = 5000
 INGEST_BUSY_TIMEOUT_MS = 2000
@@ -109,6 +109,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     error TEXT,
     latency_ms REAL,
     retryable INTEGER,
+    response TEXT,
     PRIMARY KEY (job_id, n)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rates (action TEXT PRIMARY KEY, next_ts REAL NOT NULL) WITHOUT ROWID;
@@ -164,6 +165,8 @@ def init_schema(conn: sqlite3.Connection) -> None:
             if statement.strip():
                 conn.execute(statement)
         conn.execute("DELETE FROM meta WHERE key LIKE 'last_good_rules:%'")
+        if "response" not in {row[1] for row in conn.execute("PRAGMA table_info(attempts)")}:
+            conn.execute("ALTER TABLE attempts ADD COLUMN response TEXT")  # a store of version 1 or 2
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     conn.execute(f"PRAGMA secure_delete = {int(secure_delete)}")  # this connection may live on (pruning stays fast)
     try:  # and out of the WAL, whose older frames still hold it
@@ -804,11 +807,11 @@ class SqliteStore:
             # the attempt is kept only while the claim still holds (its owner and attempt number);
             # one statement per kind for the whole batch, checked row by row inside SQLite
             conn.executemany(
-                "INSERT OR REPLACE INTO attempts (job_id, n, at_ts, status, error, latency_ms, retryable)"
-                " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? AND lease_owner = ?"
+                "INSERT OR REPLACE INTO attempts (job_id, n, at_ts, status, error, latency_ms, retryable, response)"
+                " SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? AND lease_owner = ?"
                 " AND state = 'pending' AND attempts = ?)",
-                [(o.job_id, o.attempt, o.at, o.status, o.error, o.latency_ms, int(o.retryable), o.job_id, o.owner,
-                  o.attempt) for o in done],
+                [(o.job_id, o.attempt, o.at, o.status, o.error, o.latency_ms, int(o.retryable), o.response, o.job_id,
+                  o.owner, o.attempt) for o in done],
             )
             before = conn.total_changes
             conn.executemany(
@@ -1029,10 +1032,11 @@ class SqliteStore:
     @_translated
     def attempts(self, job_id: int) -> list[AttemptRow]:
         rows = self._conn().execute(
-            "SELECT job_id, n, at_ts, status, error, latency_ms, retryable FROM attempts WHERE job_id = ? ORDER BY n",
-            (job_id,),
+            "SELECT job_id, n, at_ts, status, error, latency_ms, retryable, response FROM attempts WHERE job_id = ?"
+            " ORDER BY n", (job_id,),
         ).fetchall()
-        return [AttemptRow(r[0], r[1], r[2], r[3], r[4], r[5], None if r[6] is None else bool(r[6])) for r in rows]
+        return [AttemptRow(r[0], r[1], r[2], r[3], r[4], r[5], None if r[6] is None else bool(r[6]), r[7])
+                for r in rows]
 
     @_translated
     def counts(self) -> dict[str, int]:
