@@ -13,6 +13,7 @@ from support import RouterServer, post_event, run_cli, wait_settled
 
 from router.config.loader import loads
 from router.store import is_postgres
+from router.store.postgres import SCHEMA_VERSION as PG_SCHEMA
 
 PASSWORD = "pw-Zq8xK2vLr7"  # the test cluster trusts local connections, so any password is accepted
 
@@ -76,12 +77,12 @@ def test_validate_names_the_back_end_and_check_store_connects(pg_database: str, 
 
     migrated = run_cli("migrate", rules, env=env)
     assert migrated.code == 0, migrated
-    assert "migrated from version 0 to 1" in migrated.stdout and PASSWORD not in migrated.output
+    assert f"migrated from version 0 to {PG_SCHEMA}" in migrated.stdout and PASSWORD not in migrated.output
     again = run_cli("migrate", rules, env=env)
-    assert "schema version 1, up to date" in again.stdout, again
+    assert f"schema version {PG_SCHEMA}, up to date" in again.stdout, again
 
     checked = run_cli("validate", "--check-store", rules, env=env)
-    assert "connected, schema version 1" in checked.stdout, checked
+    assert f"connected, schema version {PG_SCHEMA}" in checked.stdout, checked
 
 
 def test_check_store_fails_clearly_when_the_database_is_unreachable(pg_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
