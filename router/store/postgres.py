@@ -62,6 +62,7 @@ from router.store.base import (
     json_path_steps,
     payload_view,
 )
+from router.store.rows import dead_match, stored_event
 from router.store.uri import safe_uri, uri_password
 
 SCHEMA_VERSION = 2  # 2: attempts keep the first bytes of the answer
@@ -291,30 +292,6 @@ def _payload_matches(body: bytes, filt: EventFilter, steps: list[str | int] | No
     if isinstance(want, (int, float)):
         return isinstance(node, (int, float)) and not isinstance(node, bool) and node == want
     return isinstance(node, str) and node == want
-
-
-def _dead_match(filt: DeadFilter) -> tuple[str, str, list[Any]]:
-    """The dead jobs `j` that `filt` takes: (FROM clause, WHERE clause, arguments)."""
-    where: list[str] = ["j.state = 'dead'"]
-    args: list[Any] = []
-    for column, value in (("j.action", filt.action), ("j.rule", filt.rule), ("e.provider", filt.provider),
-                          ("j.event_id", filt.event_id)):
-        if value:
-            where.append(f"{column} = %s")
-            args.append(value)
-    if filt.since is not None:
-        where.append("j.updated_ts >= %s")
-        args.append(filt.since)
-    if filt.until is not None:
-        where.append("j.updated_ts < %s")
-        args.append(filt.until)
-    source = "jobs j JOIN events e ON e.id = j.event_id" if filt.provider else "jobs j"
-    return source, " AND ".join(where), args
-
-
-def _stored_event(row: Sequence[Any]) -> StoredEvent:
-    return StoredEvent(id=row[0], provider=row[1], received_at=row[2], headers=json.loads(row[3]),
-                       query=json.loads(row[4]), content_type=row[5], body=bytes(row[6]))
 
 
 def _dead_filter(action: str | None, since: float | None) -> tuple[str, list[Any]]:
@@ -569,7 +546,7 @@ class PostgresStore:
                 "only": None if actions is None else list(actions),
             }).fetchall()
         return [Job(r[0], r[1], r[2], r[3], r[4], owner, r[5], round_start=r[6], lost_by=r[7],
-                    event=_stored_event(r[8:]) if r[8] is not None else None) for r in rows]
+                    event=stored_event(r[8:]) if r[8] is not None else None) for r in rows]
 
     @_translated
     def finish(self, outcomes: Sequence[Outcome]) -> int:
@@ -817,7 +794,7 @@ class PostgresStore:
     def event(self, event_id: str) -> StoredEvent | None:
         with self._pool().connection() as conn:
             row = conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = %s", (event_id,)).fetchone()
-        return _stored_event(row) if row else None
+        return stored_event(row) if row else None
 
     @_translated
     def job(self, job_id: int) -> JobRow | None:
@@ -926,7 +903,7 @@ class PostgresStore:
 
     @_translated
     def browse_dead(self, filt: DeadFilter, after: Cursor | None = None) -> Page:
-        source, where, args = _dead_match(filt)
+        source, where, args = dead_match(filt, "%s")
         if after is not None:
             where += " AND j.updated_ts <= %s AND (j.updated_ts < %s OR j.id < %s)"
             args += [after.ts, after.ts, int(after.key) if after.key.isdigit() else 0]
@@ -944,12 +921,12 @@ class PostgresStore:
 
     @_translated
     def count_dead_matching(self, filt: DeadFilter) -> int:
-        source, where, args = _dead_match(filt)
+        source, where, args = dead_match(filt, "%s")
         return int(self._one(f"SELECT count(*) FROM {source} WHERE {where}", args))
 
     @_translated
     def replay_dead_matching(self, filt: DeadFilter) -> int:
-        source, where, args = _dead_match(filt)
+        source, where, args = dead_match(filt, "%s")
         return self._write(
             f"UPDATE jobs SET state = 'pending', next_ts = {NOW}, updated_ts = {NOW}, lease_owner = NULL,"
             f" round_start = attempts WHERE id IN (SELECT j.id FROM {source} WHERE {where})", args,

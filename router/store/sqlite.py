@@ -55,6 +55,7 @@ from router.store.base import (
     json_path_steps,
     payload_view,
 )
+from router.store.rows import dead_match, stored_event
 
 SCHEMA_VERSION = 3  # 2: no rules snapshot in `meta`; 3: attempts keep the first bytes of the answer
 ROWS_PER_INSERT = 64  # rows per multi-row INSERT of a batch (a statement of its own per count, cached)
@@ -518,33 +519,8 @@ def _event_match(filt: EventFilter) -> tuple[list[str], list[Any]]:
     return where, args
 
 
-def _dead_match(filt: DeadFilter) -> tuple[str, str, list[Any]]:
-    """The dead jobs `j` that `filt` takes: (FROM clause, WHERE clause, arguments). Events are
-    joined (as `e`) only when the provider filter needs them."""
-    where: list[str] = ["j.state = 'dead'"]
-    args: list[Any] = []
-    for column, value in (("j.action", filt.action), ("j.rule", filt.rule), ("e.provider", filt.provider),
-                          ("j.event_id", filt.event_id)):
-        if value:
-            where.append(f"{column} = ?")
-            args.append(value)
-    if filt.since is not None:
-        where.append("j.updated_ts >= ?")
-        args.append(filt.since)
-    if filt.until is not None:
-        where.append("j.updated_ts < ?")
-        args.append(filt.until)
-    source = "jobs j JOIN events e ON e.id = j.event_id" if filt.provider else "jobs j"
-    return source, " AND ".join(where), args
-
-
 def _where(terms: list[str]) -> str:
     return ("WHERE " + " AND ".join(terms)) if terms else ""
-
-
-def _stored_event(row: Sequence[Any]) -> StoredEvent:
-    return StoredEvent(id=row[0], provider=row[1], received_at=row[2], headers=json.loads(row[3]),
-                       query=json.loads(row[4]), content_type=row[5], body=bytes(row[6]))
 
 
 
@@ -789,7 +765,7 @@ class SqliteStore:
                 f" WHERE id IN ({','.join('?' * len(part))})",
                 part,
             ):
-                events[row[0]] = _stored_event(row)
+                events[row[0]] = stored_event(row)
         for job in jobs:
             job.event = events.get(job.event_id)
 
@@ -1009,7 +985,7 @@ class SqliteStore:
             "SELECT id, provider, received_at, headers, query, content_type, body FROM events WHERE id = ?",
             (event_id,),
         ).fetchone()
-        return _stored_event(row) if row else None
+        return stored_event(row) if row else None
 
     @_translated
     def job(self, job_id: int) -> JobRow | None:
@@ -1124,7 +1100,7 @@ class SqliteStore:
 
     @_translated
     def browse_dead(self, filt: DeadFilter, after: Cursor | None = None) -> Page:
-        source, where, args = _dead_match(filt)
+        source, where, args = dead_match(filt, "?")
         if after is not None:
             where += " AND j.updated_ts <= ? AND (j.updated_ts < ? OR j.id < ?)"
             args += [after.ts, after.ts, int(after.key) if after.key.isdigit() else 0]
@@ -1141,13 +1117,13 @@ class SqliteStore:
 
     @_translated
     def count_dead_matching(self, filt: DeadFilter) -> int:
-        source, where, args = _dead_match(filt)
+        source, where, args = dead_match(filt, "?")
         return self._conn().execute(f"SELECT count(*) FROM {source} WHERE {where}", args).fetchone()[0]
 
     @_translated
     def replay_dead_matching(self, filt: DeadFilter) -> int:
         now = now_ts()
-        source, where, args = _dead_match(filt)
+        source, where, args = dead_match(filt, "?")
         conn = self._conn()
         with _transaction(conn, self.write_lock):
             return conn.execute(
