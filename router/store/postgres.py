@@ -62,7 +62,7 @@ from router.store.base import (
     json_path_steps,
     payload_view,
 )
-from router.store.rows import dead_match, stored_event
+from router.store.rows import dead_match, event_match, stored_event
 from router.store.uri import safe_uri, uri_password
 
 SCHEMA_VERSION = 2  # 2: attempts keep the first bytes of the answer
@@ -726,24 +726,7 @@ class PostgresStore:
 
     @_translated
     def list_events(self, filt: EventFilter) -> list[dict[str, Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        if filt.provider:
-            where.append("provider = %s")
-            args.append(filt.provider)
-        if filt.since is not None:
-            where.append("received_ts >= %s")
-            args.append(filt.since)
-        if filt.until is not None:
-            where.append("received_ts < %s")
-            args.append(filt.until)
-        if filt.rule:
-            where.append("matched ? %s")
-            args.append(filt.rule)
-        if filt.state:
-            where.append("EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id AND jobs.state = %s)")
-            args.append(filt.state)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        clause, args = event_match(filt, "%s", 'matched ? %s')
         with self._pool().connection() as conn:
             rows = conn.execute(
                 "SELECT e.id, e.received_at, e.provider, e.matched,"

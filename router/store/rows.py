@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from router.model import StoredEvent
-from router.store.base import DeadFilter
+from router.store.base import DeadFilter, EventFilter
 
 
 def stored_event(row: Sequence[Any]) -> StoredEvent:
@@ -35,3 +35,18 @@ def dead_match(filt: DeadFilter, mark: str) -> tuple[str, str, list[Any]]:
         args.append(filt.until)
     source = "jobs j JOIN events e ON e.id = j.event_id" if filt.provider else "jobs j"
     return source, " AND ".join(where), args
+
+
+def event_match(filt: EventFilter, mark: str, rule_clause: str) -> tuple[str, list[Any]]:
+    """The WHERE clause (or "") and arguments of an events listing; `rule_clause` tests that the
+    event matched a rule, in the back end's own JSON dialect."""
+    where: list[str] = []
+    args: list[Any] = []
+    for clause, value in ((f"provider = {mark}", filt.provider or None), (f"received_ts >= {mark}", filt.since),
+                          (f"received_ts < {mark}", filt.until), (rule_clause, filt.rule or None),
+                          (f"EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id AND jobs.state = {mark})",
+                           filt.state or None)):
+        if value is not None:
+            where.append(clause)
+            args.append(value)
+    return ("WHERE " + " AND ".join(where)) if where else "", args

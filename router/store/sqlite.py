@@ -55,7 +55,7 @@ from router.store.base import (
     json_path_steps,
     payload_view,
 )
-from router.store.rows import dead_match, stored_event
+from router.store.rows import dead_match, event_match, stored_event
 
 SCHEMA_VERSION = 3  # 2: no rules snapshot in `meta`; 3: attempts keep the first bytes of the answer
 ROWS_PER_INSERT = 64  # rows per multi-row INSERT of a batch (a statement of its own per count, cached)
@@ -915,24 +915,7 @@ class SqliteStore:
     @_translated
     def list_events(self, filt: EventFilter) -> list[dict[str, Any]]:
         conn = self._conn()
-        where: list[str] = []
-        args: list[Any] = []
-        if filt.provider:
-            where.append("provider = ?")
-            args.append(filt.provider)
-        if filt.since is not None:
-            where.append("received_ts >= ?")
-            args.append(filt.since)
-        if filt.until is not None:
-            where.append("received_ts < ?")
-            args.append(filt.until)
-        if filt.rule:
-            where.append("EXISTS (SELECT 1 FROM json_each(events.matched) WHERE value = ?)")
-            args.append(filt.rule)
-        if filt.state:
-            where.append("EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id AND jobs.state = ?)")
-            args.append(filt.state)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        clause, args = event_match(filt, "?", 'EXISTS (SELECT 1 FROM json_each(events.matched) WHERE value = ?)')
         rows = conn.execute(
             f"SELECT id, received_at, provider, matched FROM events {clause} ORDER BY received_ts DESC, id DESC LIMIT ?",
             (*args, filt.limit),
