@@ -233,6 +233,12 @@ class Store(Protocol):
     # ---------------------------------------------------------------- ingest and delivery
     def ingest(self, event: NewEvent, timeout: float = 15.0) -> IngestResult: ...
 
+    def ingest_many(self, events: Sequence[NewEvent], timeout: float = 15.0) -> list[IngestResult | Exception]:
+        """Commit several events at once (as ingest does each): one result per event, in order, its
+        IngestResult or the StoreUnavailable that refused it. One caller's batch shares transactions
+        and syncs with every other ingest of the process."""
+        ...
+
     def claim(self, owner: str, limit: int, leases: dict[str, float], rates: dict[str, float], *,
               actions: Iterable[str] | None = None) -> list[Job]: ...
 

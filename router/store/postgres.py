@@ -62,6 +62,8 @@ from router.store.base import (
     json_path_steps,
     payload_view,
 )
+from router.store.group import Waiter as _Waiter
+from router.store.group import wait_all
 from router.store.rows import dead_match, event_match, stored_event
 from router.store.uri import safe_uri, uri_password
 
@@ -443,6 +445,26 @@ class PostgresStore:
                 self._group = _GroupCommit(self)
             group = self._group
         return group.submit(event, timeout)
+
+    def ingest_many(self, events: Sequence[NewEvent], timeout: float = 15.0) -> list[IngestResult | Exception]:
+        """Commit these events: those without a dedupe key together (with any other thread's), each
+        with one alone; each result is the event's IngestResult or the StoreUnavailable that refused it."""
+        grouped = [e for e in events if e.dedupe_key is None]
+        done: dict[str, IngestResult | Exception] = {}
+        if grouped:
+            with self._pool_lock:
+                if self._group is None or self._group.pid != os.getpid():
+                    self._group = _GroupCommit(self)
+                group = self._group
+            for e, r in zip(grouped, group.submit_many(grouped, timeout)):
+                done[e.id] = r
+        for e in events:
+            if e.dedupe_key is not None:
+                try:
+                    done[e.id] = self._ingest_alone(e, timeout)
+                except StoreUnavailable as exc:
+                    done[e.id] = exc
+        return [done[e.id] for e in events]
 
     def _notify_due(self) -> bool:
         now = time.monotonic()
@@ -967,6 +989,19 @@ class _GroupCommit:
             raise waiter.result
         raise StoreUnavailable(f"the store could not commit: {waiter.result}")
 
+    def submit_many(self, events: Sequence[NewEvent], timeout: float) -> list[IngestResult | Exception]:
+        waiters = [_Waiter(e) for e in events]
+        with self._lock:
+            self._pending.extend(waiters)
+            lead = not self._leading
+            if lead:
+                self._leading = True
+        if lead:
+            self._lead(waiters[-1])
+        results = wait_all(waiters, timeout, self._lock, self._lead)
+        return [r if isinstance(r, (IngestResult, StoreUnavailable)) else
+                StoreUnavailable(f"the store could not commit: {r}") for r in results]
+
     def _lead(self, me: _Waiter) -> None:
         while True:
             with self._lock:
@@ -995,14 +1030,3 @@ class _GroupCommit:
                 waiter.done.set()
             if last:
                 return
-
-
-class _Waiter:
-    __slots__ = ("event", "done", "result", "lead", "abandoned")
-
-    def __init__(self, event: NewEvent) -> None:
-        self.event = event
-        self.done = threading.Event()
-        self.result: IngestResult | Exception | None = None
-        self.lead = False  # set with done when this request is handed the lead
-        self.abandoned = False
