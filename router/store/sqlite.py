@@ -55,6 +55,8 @@ from router.store.base import (
     json_path_steps,
     payload_view,
 )
+from router.store.group import Waiter as _Waiter
+from router.store.group import wait_all
 from router.store.rows import dead_match, event_match, stored_event
 
 SCHEMA_VERSION = 3  # 2: no rules snapshot in `meta`; 3: attempts keep the first bytes of the answer
@@ -422,10 +424,24 @@ class _Rows:
 
     def __init__(self, e: NewEvent):
         self.event = e
-        self.event_row = (e.id, e.provider, e.received_at, e.received_ts, json.dumps(e.headers), json.dumps(e.query),
-                          e.content_type, e.body, json.dumps(e.matched), e.dedupe_key)
+        self.event_row = (e.id, e.provider, e.received_at, e.received_ts, json.dumps(e.headers),
+                          json.dumps(e.query) if e.query else "{}", e.content_type, e.body, _matched_json(e.matched),
+                          e.dedupe_key)
         ts = e.received_ts
         self.job_rows = [(e.id, rule, action, ts, ts, ts) for rule, action in e.jobs]
+
+
+_MATCHED: dict[tuple[str, ...], str] = {}  # the rules an event matched, as JSON: the same few lists again and again
+
+
+def _matched_json(matched: list[str]) -> str:
+    key = tuple(matched)
+    text = _MATCHED.get(key)
+    if text is None:
+        if len(_MATCHED) >= 1024:
+            _MATCHED.clear()
+        text = _MATCHED[key] = json.dumps(matched)
+    return text
 
 
 def _insert_rows(conn: sqlite3.Connection, insert: tuple[str, str], rows: list[tuple]) -> None:
@@ -598,6 +614,20 @@ class SqliteStore:
         if result.deliveries:
             self.wake.notify()
         return result
+
+    def ingest_many(self, events: Sequence[NewEvent], timeout: float = 15.0) -> list[IngestResult | Exception]:
+        """Commit these events (with any other thread's) in as few transactions as the batch allows;
+        each result is the event's IngestResult or the StoreUnavailable that refused it."""
+        if not events:
+            return []
+        with self._committer_lock:
+            if self._committer is None or not self._committer.alive(os.getpid()):
+                self._committer = _GroupCommitter(self)
+            committer = self._committer
+        results = committer.submit_many(events, timeout)
+        if any(isinstance(r, IngestResult) and r.deliveries for r in results):
+            self.wake.notify()
+        return results
 
     def _ingest_batch(self, conn: sqlite3.Connection,
                       take: Callable[[], Sequence[_Rows]]) -> list[IngestResult | Exception]:
@@ -1172,6 +1202,19 @@ class _GroupCommitter:
             return waiter.result
         raise StoreUnavailable(f"the store could not commit: {waiter.result}")
 
+    def submit_many(self, events: Sequence[NewEvent], timeout: float) -> list[IngestResult | Exception]:
+        waiters = [_Waiter(_Rows(e)) for e in events]
+        with self._lock:
+            self._pending.extend(waiters)
+            lead = not self._leading
+            if lead:
+                self._leading = True
+        if lead:
+            self._lead()
+        results = wait_all(waiters, timeout, self._lock, lambda _w: self._lead())
+        return [r if isinstance(r, (IngestResult, StoreUnavailable)) else
+                StoreUnavailable(f"the store could not commit: {r}") for r in results]
+
     def _lead(self) -> None:
         while True:
             batch, results = self._commit()
@@ -1236,14 +1279,3 @@ class _GroupCommitter:
         for waiter, result in zip(batch, results):
             waiter.result = result
             waiter.done.set()
-
-
-class _Waiter:
-    __slots__ = ("event", "done", "result", "lead", "abandoned")
-
-    def __init__(self, event: _Rows) -> None:
-        self.event = event
-        self.done = threading.Event()
-        self.result: IngestResult | Exception | None = None
-        self.lead = False  # set with done when this request is handed the lead
-        self.abandoned = False
