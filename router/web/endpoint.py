@@ -24,13 +24,14 @@ from werkzeug.wsgi import get_input_stream
 
 from router import logs, metrics
 from router.errors import RequestError, SchemaError, StoreUnavailable
-from router.pipeline.ingest import Handshake, Incoming, accept, client_address
+from router.model import IngestResult
+from router.pipeline.ingest import Accepted, Handshake, Incoming, accept, client_address
 from router.web.state import RouterState
 
 READ_CHUNK = 64 * 1024
 OUTCOMES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 408: "body_timeout", 413: "too_large",
             422: "schema_invalid", 501: "invalid"}
-_REASONS = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
+REASONS = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 
 Answer = tuple[int, dict[str, Any], list[tuple[str, str]]]  # status, JSON body, extra headers
 StartResponse = Callable[..., Any]
@@ -50,7 +51,7 @@ def json_bytes(value: Any) -> bytes:
 
 def respond(start_response: StartResponse, status: int, value: Any, headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
     body = json_bytes(value) + b"\n"  # as Flask's jsonify ends its answers: a curl prompt starts on its own line
-    start_response(_REASONS.get(status, f"{status} Unknown"),
+    start_response(REASONS.get(status, f"{status} Unknown"),
                    [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers])
     return [body]
 
@@ -178,7 +179,11 @@ def request_headers(environ: dict[str, Any]) -> dict[str, str]:
 
 def query_args(environ: dict[str, Any]) -> dict[str, str]:
     """The query string's parameters, the first of each name (Flask's `request.args.to_dict()`)."""
-    text = environ.get("QUERY_STRING", "")
+    return parse_query(environ.get("QUERY_STRING", ""))
+
+
+def parse_query(text: str) -> dict[str, str]:
+    """A query string's parameters (as the WSGI server passes it, latin-1), the first of each name."""
     if not text:
         return {}
     raw = text.encode("latin-1").decode("utf-8", "replace")
@@ -222,53 +227,51 @@ class HookEndpoint:
             status, value, headers = error_answer(500, "internal_error", "internal error")
         return respond(start_response, status, value, headers)
 
-    def refused(self, environ: dict[str, Any], provider: str, status: int, code: str, message: str, started: float,
+    def refused(self, client: dict[str, str], provider: str, status: int, code: str, message: str, started: float,
                 headers: list[tuple[str, str]] | None = None, *, check: str, **facts: Any) -> Answer:
         """Answer a refusal, and log why: which check, what it saw (a header's name, a schema path,
         never a value) and from which client."""
         outcome = OUTCOMES.get(status, code)
         metrics.event(provider, outcome)
         logs.info("event refused", provider=provider, outcome=outcome, status=status, check=check, reason=message,
-                  **facts, **self.client_of(environ),
-                  latency_ms=round((time.perf_counter() - started) * 1000, 2))
+                  **facts, **client, latency_ms=round((time.perf_counter() - started) * 1000, 2))
         return error_answer(status, code, message, headers)
 
-    def client_of(self, environ: dict[str, Any]) -> dict[str, str]:
+    def client_of(self, peer: str | None, headers: dict[str, str]) -> dict[str, str]:
         """The client's address as the allow-list sees it, and the peer's when that differs (a proxy)."""
-        peer = environ.get("REMOTE_ADDR") or ""
+        peer = peer or ""
         trusted = self.state.config.settings.trusted_proxies
-        client = client_address(peer, request_headers(environ), trusted) if trusted else None
+        client = client_address(peer, headers, trusted) if trusted else None
         if client is None or str(client) == peer:
             return {"client": peer}
         return {"client": str(client), "peer": peer}
 
     def receive(self, environ: dict[str, Any], provider_name: str) -> Answer:
-        state = self.state
-        config = state.config
-        spec = config.providers.get(provider_name)
+        """Read the body as the WSGI server hands it over, then admit, store and answer the event."""
+        spec = self.state.config.providers.get(provider_name)
         if spec is None:
-            metrics.event("(unknown)", "unknown_provider")
-            return error_answer(404, "unknown_provider", f"no provider named '{provider_name}'")
+            return self.unknown(provider_name)
         started = time.perf_counter()
-        limit = config.settings.max_body_bytes
+        limit = self.state.config.settings.max_body_bytes
         close = [("Connection", "close")]  # when the rest of the body was not (or cannot be) read
         coding = environ.get("HTTP_TRANSFER_ENCODING")
         if coding is not None and coding.strip(" \t").lower() != "chunked":
             # gunicorn de-chunks but decodes nothing else: `gzip, chunked` would reach the signature
             # check and the store still compressed, as if it were the body
-            return self.refused(environ, provider_name, 501, "unsupported_transfer_encoding",
+            return self.refused(self._client(environ), provider_name, 501, "unsupported_transfer_encoding",
                                 "only Transfer-Encoding: chunked is accepted", started, close, check="framing")
         try:
             body = read_body(environ, limit, self.body_timeout)
         except BodyTimeout:
-            return self.refused(environ, provider_name, 408, "body_timeout", "the body did not arrive in time",
-                                started, close, check="body_deadline", deadline_s=self.body_timeout)
+            return self.refused(self._client(environ), provider_name, 408, "body_timeout",
+                                "the body did not arrive in time", started, close, check="body_deadline",
+                                deadline_s=self.body_timeout)
         except BadFraming:
-            return self.refused(environ, provider_name, 400, "invalid_body", "the body's chunked framing is broken",
-                                started, close, check="framing")
+            return self.refused(self._client(environ), provider_name, 400, "invalid_body",
+                                "the body's chunked framing is broken", started, close, check="framing")
         if body is None:
-            return self.refused(environ, provider_name, 413, "too_large", f"body is larger than {limit} bytes",
-                                started, close, check="size")
+            return self.refused(self._client(environ), provider_name, 413, "too_large",
+                                f"body is larger than {limit} bytes", started, close, check="size")
         incoming = Incoming(
             provider=provider_name,
             body=body,
@@ -278,9 +281,33 @@ class HookEndpoint:
             content_type=environ.get("CONTENT_TYPE"),
             query_string=environ.get("QUERY_STRING", ""),
         )
+        admitted = self.admit(incoming, started)
+        if not isinstance(admitted, Accepted):
+            return admitted
         try:
-            accepted = accept(config, spec, incoming)
-            result = state.store.ingest(accepted.event)
+            result: IngestResult | Exception = self.state.store.ingest(admitted.event)
+        except StoreUnavailable as exc:
+            result = exc
+        return self.stored(admitted, result, started)
+
+    def _client(self, environ: dict[str, Any]) -> dict[str, str]:
+        return self.client_of(environ.get("REMOTE_ADDR"), request_headers(environ))
+
+    def unknown(self, provider_name: str) -> Answer:
+        metrics.event("(unknown)", "unknown_provider")
+        return error_answer(404, "unknown_provider", f"no provider named '{provider_name}'")
+
+    def admit(self, incoming: Incoming, started: float) -> Accepted | Answer:
+        """Authenticate, parse, validate and route a whole request: the event ready to commit, or
+        the answer that refuses it (or answers a handshake). Takes no lock and touches no store,
+        so the event loop of `router serve`'s worker calls it for many requests in turn."""
+        provider_name = incoming.provider
+        config = self.state.config
+        spec = config.providers.get(provider_name)
+        if spec is None:
+            return self.unknown(provider_name)
+        try:
+            return accept(config, spec, incoming)
         except Handshake as hs:  # authentic, and answered without being stored (Slack's URL verification)
             metrics.event(provider_name, "handshake")
             logs.info("handshake answered", provider=provider_name, outcome="handshake", status=200)
@@ -292,16 +319,22 @@ class HookEndpoint:
                      for d in exc.detail[:5]]
             logs.info("event refused", provider=provider_name, outcome="schema_invalid", status=422, check="schema",
                       violations=len(exc.detail), paths=where,
-                      **self.client_of(environ), latency_ms=round((time.perf_counter() - started) * 1000, 2))
+                      **self.client_of(incoming.remote_addr, incoming.headers),
+                      latency_ms=round((time.perf_counter() - started) * 1000, 2))
             return 422, {"detail": exc.detail}, []
         except RequestError as exc:
-            return self.refused(environ, provider_name, exc.status, exc.code, exc.message, started, None,
-                                check=exc.check, **exc.facts)
-        except StoreUnavailable as exc:
+            return self.refused(self.client_of(incoming.remote_addr, incoming.headers), provider_name, exc.status,
+                                exc.code, exc.message, started, None, check=exc.check, **exc.facts)
+
+    def stored(self, admitted: Accepted, result: IngestResult | Exception, started: float) -> Answer:
+        """The answer for an admitted event once the store has committed it (or failed to)."""
+        provider_name = admitted.event.provider
+        if not isinstance(result, IngestResult):
             metrics.event(provider_name, "store_unavailable")
-            logs.error("store unavailable", provider=provider_name, status=503, error=str(exc))
+            logs.error("store unavailable", provider=provider_name, status=503, error=str(result))
             return error_answer(503, "store_unavailable", "the event could not be stored; retry later",
                                 [("Retry-After", "5")])
+        state = self.state
         if result.deliveries and state.deliverer is not None:
             state.deliverer.kick()
         latency = time.perf_counter() - started

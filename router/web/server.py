@@ -20,6 +20,7 @@ from router import logs, metrics
 from router.config.loader import load
 from router.config.model import Config
 from router.errors import ConfigError
+from router.web.balance import Table, assign_slot
 
 
 def default_workers() -> int:
@@ -72,8 +73,10 @@ class DeliveryProcess:
 
 class _Arbiter(Arbiter):
     delivery: DeliveryProcess | None = None
+    balance: Table | None = None
 
     def start(self) -> None:
+        self.balance = Table()  # before the first fork: every worker shares it (balance.py)
         super().start()
         if self.delivery is not None:
             self.delivery.start()
@@ -190,6 +193,7 @@ def run(rules: str, *, bind: str, workers: int | None, threads: int, timeout: in
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,
         "forwarded_allow_ips": "127.0.0.1",
+        "pre_fork": assign_slot,  # each worker's slot in the table that shares connections out evenly
         **_control_options(config.settings.store, bind),
     }
     application = RouterApplication(options)

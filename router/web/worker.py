@@ -46,11 +46,12 @@ from gunicorn import util
 from gunicorn.glogging import Logger
 from gunicorn.http import errors as http_errors
 from gunicorn.http.wsgi import Response, default_environ
-from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
 from router import logs
 from router.web.endpoint import json_bytes
+from router.web.lane import FastLane
 
 REQUEST_TIMEOUT = float(os.environ.get("ROUTER_BODY_TIMEOUT", "10"))  # seconds for a whole request to arrive
 BUFFER_LIMIT = 1024 * 1024 + 64 * 1024  # read at most this much per request before handing it to a thread
@@ -113,6 +114,7 @@ class RouterConn(TConn):
         self.deadline = 0.0
         self.ready = False  # a whole request is buffered: the next enqueue gives it a thread
         self.continued = False  # we answered its `Expect: 100-continue`
+        self.idle = False  # kept alive by the fast lane, waiting for its next request
 
     def init(self) -> None:
         super().init()
@@ -357,7 +359,10 @@ class RouterWorker(JsonErrors, ThreadWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.reading: dict[RouterConn, None] = {}  # connections being read, in deadline order
+        self.reading: dict[RouterConn, None] = {}  # connections being read (or kept alive by the fast lane)
+        self.lane: FastLane | None = None
+        self._beat = 0.0
+        self._next_sweep = 0.0
 
     def accept(self, listener: socket.socket) -> None:
         try:
@@ -373,6 +378,8 @@ class RouterWorker(JsonErrors, ThreadWorker):
     def enqueue_req(self, conn: Any) -> None:
         if conn.ready:
             conn.ready = False
+            if self.lane is not None and self.lane.take(conn):
+                return  # answered in this loop (see lane.py)
             conn.data_ready = True  # gthread must not wait for data again: it is all here
             super().enqueue_req(conn)
             return
@@ -397,6 +404,9 @@ class RouterWorker(JsonErrors, ThreadWorker):
         if not data:  # the client went away
             self._drop(conn)
             return
+        if conn.idle:  # a kept-alive connection's next request begins: it has its own deadline
+            conn.idle = False
+            conn.deadline = time.monotonic() + REQUEST_TIMEOUT
         conn.buffered += data
         if request_complete(conn.buffered):
             self._stop_reading(conn)
@@ -428,19 +438,80 @@ class RouterWorker(JsonErrors, ThreadWorker):
     def murder_pending(self) -> None:
         super().murder_pending()
         now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 0.05  # deadlines are seconds long: a sweep each turn of the loop is waste
         for conn in [c for c in self.reading if c.deadline <= now]:
             # a client that sent part of a request is told why; one that sent nothing is just closed
             self._drop(conn, _answer_timeout if conn.buffered else None)
 
     def set_accept_enabled(self, enabled: bool) -> None:
+        table = getattr(self, "balance", None)
+        if enabled and table is not None and not table.may_accept(self.balance_slot, self.nr_conns):
+            enabled = False  # another worker holds fewer connections: it takes the next one (balance.py)
         super().set_accept_enabled(enabled)
         if not enabled and not self.alive:
             # stopping: connections that have sent nothing get nothing; the rest keep their deadline
             for conn in [c for c in self.reading if not c.buffered]:
                 self._drop(conn)
 
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        table = getattr(self, "balance", None)
+        if table is not None:
+            if self.alive:
+                table.publish(self.balance_slot, self.nr_conns)
+            else:
+                table.leave(self.balance_slot)  # stopping: the others must not wait for this one
+        super().wait_for_and_dispatch_events(timeout)
+        if self.lane is not None:
+            self.lane.flush()  # what this round of the loop admitted goes to the store together
+
+    def next_request(self, conn: RouterConn) -> None:
+        """After the fast lane answered: read the next request, or keep the connection alive.
+
+        A kept-alive connection waits for its next request among those being read (one poller
+        registration, not gthread's keep-alive list and then the reading list), for gunicorn's
+        keep-alive timeout; its first byte starts the request's own deadline."""
+        if conn.buffered:  # the client sent its next request already
+            self.enqueue_req(conn)
+            return
+        conn.sock.setblocking(False)
+        linger = self.cfg.keepalive if self.alive else min(self.cfg.keepalive, STOP_KEEPALIVE_LINGER)
+        conn.deadline = time.monotonic() + linger
+        conn.idle = True
+        self.reading[conn] = None
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def notify(self) -> None:
+        # gunicorn's heartbeat is a syscall on a temporary file each turn of the loop; the master
+        # only looks for one every `timeout / 2` seconds, so a few a second are plenty
+        now = time.monotonic()
+        if now - self._beat >= 0.2:
+            self._beat = now
+            super().notify()
+
+    def close_conn(self, conn: RouterConn, graceful: bool = False) -> None:
+        """Close a connection the fast lane answered, without blocking the loop: send FIN, take what
+        the client already sent (so the kernel has no reason to answer it with a reset), close."""
+        self.nr_conns -= 1
+        if graceful:
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+                conn.sock.setblocking(False)
+                for _ in range(16):
+                    if not conn.sock.recv(65536):
+                        break
+            except OSError:
+                pass
+        util.close(conn.sock)
+
     def run(self) -> None:
-        super().run()
+        self.lane = FastLane.for_worker(self)
+        try:
+            super().run()
+        finally:
+            if self.lane is not None:
+                self.lane.stop()
         for conn in list(self.reading):  # the worker has stopped: nobody will read these now
             self._drop(conn)
 
