@@ -29,6 +29,7 @@ from router.store import Store
 IDLE_POLL = 0.25  # seconds between looks at the store when nothing is due
 PER_THREAD = 32  # jobs claimed per idle delivery thread in one claim
 BATCH = 512  # at most this many jobs of a batching action go to one thread at once
+GATHER = 0.005  # seconds a claim waits for more jobs when the last one was not full (latency, not throughput)
 START_WITHIN = LEASE_MARGIN - 5.0  # a job not started this long after its claim is handed back instead
 PRUNE_EVERY = 300.0
 
@@ -91,6 +92,7 @@ class Deliverer:
         self._kick = threading.Event()
         self._stopping = threading.Event()
         self._busy = 0
+        self._capacity = 1  # jobs the last claim asked for
         self._busy_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._dispatcher: threading.Thread | None = None
@@ -167,6 +169,11 @@ class Deliverer:
             if claimed == 0:
                 self._kick.wait(IDLE_POLL)
                 self._kick.clear()
+                # new work: give the jobs committed with it, and just after it, a moment to arrive,
+                # so one claim (one write transaction) takes them together rather than one by one
+                self._stopping.wait(GATHER)
+            elif claimed < self._capacity:
+                self._stopping.wait(GATHER)  # a trickle: gather it rather than claim each job alone
         self._flush()
 
     def _claim(self) -> int:
@@ -176,7 +183,8 @@ class Deliverer:
         config = self.get_config()
         leases = {name: spec.timeout + LEASE_MARGIN for name, spec in config.actions.items()}
         rates = {name: spec.rate for name, spec in config.actions.items() if spec.rate}
-        jobs = self.store.claim(self.owner, idle * PER_THREAD, leases, rates)
+        self._capacity = idle * PER_THREAD
+        jobs = self.store.claim(self.owner, self._capacity, leases, rates)
         for job in jobs:
             if job.lost_by is not None:
                 logs.warning("lease expired; delivering again", event_id=job.event_id, rule=job.rule,
