@@ -111,22 +111,35 @@ def init(store_path: Path | str) -> None:
         own.extend(_metrics.values())
 
 
+_children: dict[tuple[str, tuple[str, ...]], Any] = {}  # (metric, labels) -> its child: labels() costs a lock
+
+
+def _child(name: str, *labels: str) -> Any:
+    key = (name, labels)
+    child = _children.get(key)
+    if child is None:
+        if len(_children) > 10_000:  # a bound, should labels ever come from somewhere unbounded
+            _children.clear()
+        child = _children[key] = _metrics[name].labels(*labels)
+    return child
+
+
 def event(provider: str, outcome: str, latency: float | None = None, matched: list[str] | None = None) -> None:
     if not _metrics:
         return
-    _metrics["events"].labels(provider, outcome).inc()
+    _child("events", provider, outcome).inc()
     if latency is not None:
-        _metrics["ingest_latency"].labels(provider).observe(latency)
+        _child("ingest_latency", provider).observe(latency)
     for rule in matched or ():
-        _metrics["matches"].labels(rule).inc()
+        _child("matches", rule).inc()
 
 
 def delivery(action: str, outcome: str, latency: float) -> None:
     if not _metrics:
         return
-    _metrics["attempts"].labels(action).inc()
-    _metrics["deliveries"].labels(action, outcome).inc()
-    _metrics["latency"].labels(action).observe(latency)
+    _child("attempts", action).inc()
+    _child("deliveries", action, outcome).inc()
+    _child("latency", action).observe(latency)
 
 
 def reload(ok: bool) -> None:

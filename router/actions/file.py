@@ -33,6 +33,20 @@ PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, er
 
 def safe_relative(rendered: str) -> list[str]:
     """The parts of a rendered path, or DeliveryError (permanent) when it would leave the root."""
+    known = _safe_paths.get(rendered)
+    if known is not None:
+        return list(known)
+    parts = _safe_relative(rendered)
+    if len(_safe_paths) >= 4096:  # a bound: paths rendered from event data may all differ
+        _safe_paths.clear()
+    _safe_paths[rendered] = tuple(parts)
+    return parts
+
+
+_safe_paths: dict[str, tuple[str, ...]] = {}  # rendered path -> its parts (a pure function of the text)
+
+
+def _safe_relative(rendered: str) -> list[str]:
     if "\x00" in rendered:
         raise DeliveryError("file path contains a NUL byte; refused", retryable=False)
     if not rendered.strip():
@@ -59,7 +73,8 @@ class FileAction(Action):
 
     def _render(self, d: Delivery) -> tuple[list[str], bytes]:
         try:
-            rendered = self.path.render(d.context())
+            # a constant path (the usual case) needs no template context: that costs a payload parse
+            rendered = self.path.source if self.path.is_constant else self.path.render(d.context())
         except TemplateError as exc:
             raise DeliveryError(str(exc), retryable=False) from None
         parts = safe_relative(rendered)

@@ -43,11 +43,52 @@ class RegexError(ValueError):
 
 
 def compile_regex(pattern: str) -> Any:
-    """The compiled RE2 pattern (with `.search`), or RegexError."""
+    """The compiled pattern (with `.search`), or RegexError.
+
+    Every pattern is compiled by RE2, which decides what is valid. A pattern that is plain text,
+    perhaps anchored (`failed$`, `^push`, `^ping$`), is then matched with str's own
+    methods instead: the same answer as RE2's, without the cost of a call into it (a quarter of the
+    routing time of a one-rule event)."""
     try:
-        return re2.compile(pattern, options=_OPTIONS)
+        compiled = re2.compile(pattern, options=_OPTIONS)
     except re2.error as exc:
         raise RegexError(explain(pattern, _text(exc))) from None
+    return _literal(pattern) or compiled
+
+
+_SPECIAL = set("\\.^$|?*+()[]{}")
+
+
+class Literal:
+    """A plain-text pattern: `^text`, `text$`, `^text$` or `text`, matched as RE2 matches it
+    (without flags `$` is the end of the text only, never before a final newline)."""
+
+    __slots__ = ("text", "start", "end")
+
+    def __init__(self, text: str, start: bool, end: bool):
+        self.text, self.start, self.end = text, start, end
+
+    def search(self, value: str) -> bool | None:
+        text = self.text
+        if self.start and self.end:
+            found = value == text
+        elif self.start:
+            found = value.startswith(text)
+        elif self.end:
+            found = value.endswith(text)
+        else:
+            found = text in value
+        return True if found else None
+
+
+def _literal(pattern: str) -> Literal | None:
+    start = pattern.startswith("^")
+    body = pattern[1:] if start else pattern
+    end = body.endswith("$")
+    body = body[:-1] if end else body
+    if not body or any(c in _SPECIAL for c in body) or not body.isprintable():
+        return None
+    return Literal(body, start, end)
 
 
 def _text(exc: Exception) -> str:
