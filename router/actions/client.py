@@ -133,12 +133,21 @@ def _the_pool() -> _Pool:
 
 
 def _dropped(conn: _Conn) -> bool:
-    """A kept-alive connection the server closed (or wrote to unasked) while it sat idle."""
+    """A kept-alive connection the server closed, or wrote to unasked, while it sat idle: bytes in
+    the socket (or an end of file), or bytes our reader took in beyond the last answer."""
     try:
-        readable, _, _ = select.select([conn.sock], [], [], 0)
+        poller = select.poll()  # not select(): it refuses descriptors from 1024 up
+        poller.register(conn.sock, select.POLLIN)
+        if poller.poll(0):
+            return True
+        conn.sock.setblocking(False)
+        try:
+            ahead = conn.rfile.peek(1)  # what is buffered already; the socket has nothing (no wait)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            ahead = b""
+        return bool(ahead)
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 def _connect(scheme: str, host: str, port: int, timeout: float) -> _Conn:

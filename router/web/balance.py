@@ -20,7 +20,7 @@ import struct
 import time
 from typing import Any
 
-SLOTS = 256
+SLOTS = 64  # workers at most (router serve runs 2 to 8)
 _SLOT = struct.Struct("qq")  # connections held, last beat (ms on the monotonic clock)
 STALE_MS = 5000  # a worker silent this long (its loop turns at least once a second) is not counted
 

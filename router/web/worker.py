@@ -362,6 +362,7 @@ class RouterWorker(JsonErrors, ThreadWorker):
         self.reading: dict[RouterConn, None] = {}  # connections being read (or kept alive by the fast lane)
         self.lane: FastLane | None = None
         self._beat = 0.0
+        self._balanced_at = (-1, 0.0, True)  # (connections held, when, answer) of the last look at the table
         self._next_sweep = 0.0
 
     def accept(self, listener: socket.socket) -> None:
@@ -446,8 +447,7 @@ class RouterWorker(JsonErrors, ThreadWorker):
             self._drop(conn, _answer_timeout if conn.buffered else None)
 
     def set_accept_enabled(self, enabled: bool) -> None:
-        table = getattr(self, "balance", None)
-        if enabled and table is not None and not table.may_accept(self.balance_slot, self.nr_conns):
+        if enabled and not self._may_accept():
             enabled = False  # another worker holds fewer connections: it takes the next one (balance.py)
         super().set_accept_enabled(enabled)
         if not enabled and not self.alive:
@@ -455,11 +455,24 @@ class RouterWorker(JsonErrors, ThreadWorker):
             for conn in [c for c in self.reading if not c.buffered]:
                 self._drop(conn)
 
+    def _may_accept(self) -> bool:
+        """The balance table's answer, asked again when this worker's count changed or 20 ms passed."""
+        table = getattr(self, "balance", None)
+        if table is None:
+            return True
+        now = time.monotonic()
+        held, when, answer = self._balanced_at
+        if held != self.nr_conns or now - when > 0.02:
+            answer = table.may_accept(self.balance_slot, self.nr_conns)
+            self._balanced_at = (self.nr_conns, now, answer)
+        return answer
+
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         table = getattr(self, "balance", None)
         if table is not None:
             if self.alive:
                 table.publish(self.balance_slot, self.nr_conns)
+                self.set_accept_enabled(self.nr_conns < self.worker_connections)  # asks the table (balance.py)
             else:
                 table.leave(self.balance_slot)  # stopping: the others must not wait for this one
         super().wait_for_and_dispatch_events(timeout)
