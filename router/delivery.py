@@ -213,7 +213,9 @@ class Deliverer:
                 return
             try:
                 if item.batch:
-                    for outcome in self.attempt_batch(item.jobs):
+                    with metrics.batched():
+                        outcomes = self.attempt_batch(item.jobs)
+                    for outcome in outcomes:
                         self._outcomes.put(outcome)
                 else:
                     for job in item.jobs:  # each outcome is recorded at the next flush, not after the whole list

@@ -32,17 +32,25 @@ def use_redactor(redactor: Redactor) -> None:
     _redactor = redactor
 
 
+# one encoder for every line: json.dumps given any option builds a new JSONEncoder per call
+_encode = json.JSONEncoder(default=str, ensure_ascii=False).encode
+_second: list[Any] = [-1, ""]  # the whole second last formatted, and its text
+
+
+def _timestamp(now: float) -> str:
+    ms = int(now * 1000)
+    second = ms // 1000
+    if second != _second[0]:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{ms % 1000:03d}Z"
+
+
 def _emit(level: str, msg: str, fields: dict[str, Any], fd: int = 2) -> None:
     if _LEVELS[level] < _min_level:
         return
-    now = time.time()
-    line = {
-        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
-        "level": level,
-        "msg": msg,
-    }
+    line = {"ts": _timestamp(time.time()), "level": level, "msg": msg}
     line.update(fields)
-    text = _redactor(json.dumps(line, default=str, ensure_ascii=False)) + "\n"
+    text = _redactor(_encode(line)) + "\n"
     try:
         os.write(fd, text.encode("utf-8", "replace"))
     except OSError:  # a closed stderr must not fail a request

@@ -30,7 +30,7 @@ from support import (
 )
 
 from router.web.balance import Table
-from router.web.lane import parse
+from router.web.lane import Limits, parse
 
 RULES = f"""\
 version: 1
@@ -190,7 +190,7 @@ def test_eight_kept_alive_connections_are_shared_between_the_two_workers(served:
 
 # --------------------------------------------------------------------------- the parser, in process
 
-CFG = SimpleNamespace(limit_request_line=8190, limit_request_fields=100, limit_request_field_size=8190)
+CFG = Limits(SimpleNamespace(limit_request_line=8190, limit_request_fields=100, limit_request_field_size=8190))
 
 
 def test_a_plain_request_is_parsed_and_what_follows_it_is_left() -> None:
@@ -210,6 +210,10 @@ def test_a_plain_request_is_parsed_and_what_follows_it_is_left() -> None:
     request(b"{}", "X-A: 1", "X-A: 2"),
     request(b"{}", "X_Underscore: 1"),
     request(b"{}", "X-Folded: a", " continued"),
+    request(b"{}", "X-Control: a\x01b"),
+    request(b"{}", "X-Bare: a\nX-Other: b"),
+    request(b"{}", "X-Space : a"),
+    request(b"{}", ": no name"),
     request(b"{}", "X-Forwarded-Proto: https"),
     request(b"{}", "Connection: upgrade"),
     request(b"{}", path="/hooks/%6Fpen"),
@@ -219,7 +223,8 @@ def test_a_plain_request_is_parsed_and_what_follows_it_is_left() -> None:
     request(b"x" * 2000),  # over the limit: the ordinary path answers 413
     request(b"{}").replace(b"\r\n\r\n", b"\r\n\r\n", 1)[:-1],  # the body is not all here
     b"POST /hooks/x HTTP/1.1\r\nHost: h\r\n\r\n",  # no Content-Length
-], ids=["chunked", "expect", "repeated", "underscore", "folded", "scheme-header", "upgrade", "percent", "http10",
+], ids=["chunked", "expect", "repeated", "underscore", "folded", "control", "bare-lf", "space-in-name", "no-name",
+        "scheme-header", "upgrade", "percent", "http10",
         "put", "signed-length", "too-large", "incomplete", "no-length"])
 def test_what_the_lane_does_not_fully_understand_goes_the_ordinary_way(raw: bytes) -> None:
     assert parse(raw, 1024, CFG) is None

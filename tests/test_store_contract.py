@@ -471,6 +471,44 @@ def test_concurrent_ingests_are_each_committed_once(store: Store, other: Store) 
     assert all(store.event(i) is not None for i in ids[::37])
 
 
+def test_ingest_many_answers_each_event_in_order(store: Store, other: Store) -> None:
+    """The event loop's batch: one result per event, in order; a duplicate and a failing event in the
+    batch are answered alone, and the rest are committed."""
+    original = event(dedupe_key="many", window=60)
+    store.ingest(original)
+    taken = event()
+    store.ingest(taken)
+    batch = [event(jobs=[("r", "a1")]), event(dedupe_key="many", window=60), taken, event(jobs=[]),
+             event(jobs=[("r", "a1"), ("r", "a2")])]
+    results = store.ingest_many(batch)
+    assert len(results) == 5
+    first, duplicate, failed, unmatched, fanned = results
+    assert not isinstance(first, Exception) and (first.event_id, first.deliveries) == (batch[0].id, 1)
+    assert not isinstance(duplicate, Exception) and (duplicate.duplicate, duplicate.event_id) == (True, original.id)
+    assert isinstance(failed, StoreUnavailable)  # its id was taken: refused, and only it
+    assert not isinstance(unmatched, Exception) and unmatched.deliveries == 0
+    assert not isinstance(fanned, Exception) and fanned.deliveries == 2
+    for e in (batch[0], batch[3], batch[4]):
+        assert other.event(e.id) is not None  # committed, for every other process or host to see
+    assert other.event(batch[1].id) is None
+    assert store.ingest_many([]) == []
+
+
+def test_ingest_many_from_several_threads_commits_each_event_once(store: Store) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(i: int) -> list[str]:
+        batch = [event(jobs=[("r", "a1")]) for _ in range(1 + i % 7)]
+        results = store.ingest_many(batch)
+        assert all(not isinstance(r, Exception) for r in results), results
+        return [r.event_id for r in results if not isinstance(r, Exception)]
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = [i for batch in pool.map(send, range(60)) for i in batch]
+    assert len(ids) == len(set(ids)) == sum(1 + i % 7 for i in range(60))
+    assert store.counts()["events"] == len(ids) and store.counts()["jobs"] == len(ids)
+
+
 def test_one_failing_event_does_not_spoil_the_others_committed_with_it(store: Store) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

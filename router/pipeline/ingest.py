@@ -109,8 +109,8 @@ def accept(config: Config, spec: ProviderSpec, incoming: Incoming) -> Accepted:
 
     received = now_ts()
     event_id = new_event_id(received)
-    hidden = _CREDENTIAL_HEADERS | impl.signature_headers
-    headers = {k: v for k, v in incoming.headers.items() if k not in hidden and k != _sig_header(spec)}
+    hidden = _hidden_headers(spec)
+    headers = {k: v for k, v in incoming.headers.items() if k not in hidden}
     query = {k: v for k, v in incoming.query.items() if k != "token"}
     event_type = impl.event_type(incoming.headers, payload)
     view = EventView(payload, headers, query, spec.name, event_type)
@@ -144,9 +144,19 @@ def accept(config: Config, spec: ProviderSpec, incoming: Incoming) -> Accepted:
     return Accepted(event, view, payload, matched)
 
 
-def _sig_header(spec: ProviderSpec) -> str:
-    header = getattr(spec.impl, "header", None)
-    return header.lower() if isinstance(header, str) else ""
+def _hidden_headers(spec: ProviderSpec) -> frozenset[str]:
+    """The headers of this provider's requests that are credentials, not data: never stored."""
+    hidden = _hidden.get(id(spec.impl))
+    if hidden is None or hidden[0] is not spec.impl:
+        header = getattr(spec.impl, "header", None)
+        names = _CREDENTIAL_HEADERS | set(spec.impl.signature_headers) | ({header.lower()} if isinstance(header, str) else set())
+        if len(_hidden) > 1024:
+            _hidden.clear()
+        hidden = _hidden[id(spec.impl)] = (spec.impl, frozenset(names))
+    return hidden[1]
+
+
+_hidden: dict[int, tuple[Any, frozenset[str]]] = {}  # provider implementation -> the headers never stored
 
 
 __all__ = ["Accepted", "Handshake", "Incoming", "RequestError", "accept", "authenticate", "client_address"]

@@ -286,6 +286,11 @@ class WalSync:
 MAX_SOCKET_PATH = 100  # a Unix socket's path must fit in sun_path (108 bytes on Linux)
 
 
+# seconds between two wake-up notices from one process: less than the delivery's GATHER, which it
+# waits after a wake-up before it claims, so a commit just after a notice is claimed with it
+NOTIFY_DEBOUNCE = 0.002
+
+
 class WakeChannel:
     """Tells a delivery process on this host, at once, that another process committed new jobs.
 
@@ -304,11 +309,16 @@ class WakeChannel:
         self.path = path if len(path) <= MAX_SOCKET_PATH else None
         self._sender: socket.socket | None = None
         self._sender_pid = 0
+        self._sent = 0.0  # when this process last sent a notice
         self._listener: socket.socket | None = None
 
     def notify(self) -> None:
         if self.path is None:
             return
+        now = time.monotonic()
+        if now - self._sent < NOTIFY_DEBOUNCE:
+            return  # the listener woken by the last notice gathers for longer than this before it claims
+        self._sent = now
         if self._sender is None or self._sender_pid != os.getpid():
             self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sender.setblocking(False)

@@ -45,8 +45,11 @@ class BadFraming(Exception):
     pass
 
 
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder, not one per answer
+
+
 def json_bytes(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _compact(value).encode("utf-8")
 
 
 def respond(start_response: StartResponse, status: int, value: Any, headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:

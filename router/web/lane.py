@@ -33,14 +33,14 @@ from typing import Any
 
 from gunicorn import SERVER
 
-from router import logs
+from router import logs, metrics
 from router.model import IngestResult
 from router.pipeline.ingest import Accepted, Incoming
 from router.web.endpoint import REASONS, Answer, HookEndpoint, error_answer, json_bytes, parse_query
 
 _REQUEST_LINE = re.compile(rb"POST (/[A-Za-z0-9/._~!$&'()*+,;=:@-]*)(?:\?([!-\"$-~]*))? HTTP/1\.1")
-_HEADER = re.compile(rb"([!#$%&'*+.^`|~0-9A-Za-z-]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[ \t]*[\x21-\x7e\x80-\xff])*)?)[ \t]*")
-_DIGITS = re.compile(rb"[0-9]{1,12}")
+_TOKEN = b"!#$%&'*+.^`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-"  # a header name's bytes
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")  # all but tab, and CRLF line ends
 # headers whose meaning gunicorn or the endpoint handle beyond a name and a value: declined
 _SPECIAL = frozenset({"transfer-encoding", "expect", "upgrade", "http2-settings", "te", "trailer", "forwarded",
                       "x-forwarded-proto", "x-forwarded-protocol", "x-forwarded-ssl", "proxy-connection"})
@@ -58,35 +58,45 @@ class Request:
         self.started = time.perf_counter()
 
 
-def parse(buf: bytes | bytearray, max_body: int, cfg: Any) -> tuple[Request, int] | None:
+class Limits:
+    """gunicorn's request limits, read once (its Config looks each one up through __getattr__)."""
+
+    __slots__ = ("line", "fields", "field")
+
+    def __init__(self, cfg: Any):
+        self.line = cfg.limit_request_line or 1 << 30
+        self.fields = cfg.limit_request_fields
+        self.field = cfg.limit_request_field_size or 1 << 30
+
+
+def parse(buf: bytes | bytearray, max_body: int, limits: Limits) -> tuple[Request, int] | None:
     """The request at the start of `buf` and the bytes it took, or None to decline it."""
     head_end = buf.find(b"\r\n\r\n")
     if head_end < 0:
         return None
     head = bytes(buf[:head_end])
+    if _CONTROL.search(head) is not None:
+        return None  # a control character, or a CR or LF that does not end a line
     lines = head.split(b"\r\n")
     line = lines[0]
-    if len(line) > (cfg.limit_request_line or 1 << 30):
+    if len(line) > limits.line or len(lines) - 1 > limits.fields:
         return None
     m = _REQUEST_LINE.fullmatch(line)
     if m is None:
         return None
-    if len(lines) - 1 > cfg.limit_request_fields:
-        return None
-    field_limit = cfg.limit_request_field_size or 1 << 30
+    field_limit = limits.field
     headers: dict[str, str] = {}
     for raw in lines[1:]:
-        if len(raw) > field_limit:
+        name_bytes, sep, value = raw.partition(b":")
+        # no name, a name that is not a token (an underscore, a space: obsolete folding), too long
+        if not sep or not name_bytes or name_bytes.translate(None, _TOKEN) or len(raw) > field_limit:
             return None
-        h = _HEADER.fullmatch(raw)
-        if h is None:
-            return None  # obsolete folding, a control character, an underscore in a name...
-        name = h.group(1).decode("ascii").lower()
+        name = name_bytes.decode("ascii").lower()
         if name in headers or name in _SPECIAL:
             return None
-        headers[name] = h.group(2).decode("latin-1")
+        headers[name] = value.strip(b" \t").decode("latin-1")
     length_text = headers.get("content-length")
-    if length_text is None or _DIGITS.fullmatch(length_text.encode("latin-1")) is None:
+    if length_text is None or not length_text.isdigit() or not length_text.isascii() or len(length_text) > 12:
         return None
     length = int(length_text)
     if length > max_body:
@@ -97,7 +107,7 @@ def parse(buf: bytes | bytearray, max_body: int, cfg: Any) -> tuple[Request, int
     connection = headers.get("connection")
     close = False
     if connection is not None:
-        token = connection.strip().lower()
+        token = connection.lower()
         if token not in ("keep-alive", "close"):
             return None
         close = token == "close"
@@ -153,6 +163,8 @@ class FastLane:
         self.worker = worker
         self.endpoint = endpoint
         self.cfg = worker.cfg
+        self.limits = Limits(worker.cfg)
+        self.keepalive = worker.cfg.keepalive
         self.date = _Date()
         self.queued: list[_Pending] = []
         self.committing = False
@@ -184,7 +196,7 @@ class FastLane:
     def take(self, conn: Any) -> bool:
         """Answer the whole request buffered on `conn` here, or decline it (False)."""
         state = self.endpoint.state
-        parsed = parse(conn.buffered, state.config.settings.max_body_bytes, self.cfg)
+        parsed = parse(conn.buffered, state.config.settings.max_body_bytes, self.limits)
         if parsed is None:
             return False
         request, used = parsed
@@ -217,12 +229,15 @@ class FastLane:
 
     def _committed(self, batch: list[_Pending], results: list[IngestResult | Exception]) -> None:
         self.committing = False
-        for item, result in zip(batch, results):
-            try:
-                answer = self.endpoint.stored(item.admitted, result, item.request.started)
-            except Exception as exc:
-                logs.error("unexpected error", error=f"{type(exc).__name__}: {exc}")
-                answer = error_answer(500, "internal_error", "internal error")
+        answers: list[Answer] = []
+        with metrics.batched():  # counted before anyone is answered
+            for item, result in zip(batch, results):
+                try:
+                    answers.append(self.endpoint.stored(item.admitted, result, item.request.started))
+                except Exception as exc:
+                    logs.error("unexpected error", error=f"{type(exc).__name__}: {exc}")
+                    answers.append(error_answer(500, "internal_error", "internal error"))
+        for item, answer in zip(batch, answers):
             self._answer(item.conn, item.request, answer)
         self.flush()
 
@@ -232,7 +247,7 @@ class FastLane:
         if worker.nr >= worker.max_requests and worker.alive:
             worker.log.info("Autorestarting worker after current request.")
             worker.alive = False
-        close = (request.close or not worker.alive or not self.cfg.keepalive
+        close = (request.close or not worker.alive or not self.keepalive
                  or len(worker.keepalived_conns) >= worker.max_keepalived)
         data, close = response_bytes(answer, close, self.date())
         if self.access:
