@@ -179,8 +179,9 @@ def start_all(work: Path, key_pem: str) -> tuple[list[Proc], dict[str, Peer]]:
         peers["webhook-hmac"] = Peer("webhook-hmac", f"http://127.0.0.1:{port}/hooks/hmac", out)
     port = free_port()
     rules = router_rules(work / "router", key_pem)
-    procs.append(Proc([PY, "-m", "router", "serve", str(rules), "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                       "--no-access-log"], env={"ROUTER_WATCH": "off"}, log=work / "router.log"))
+    # its defaults: one worker per core (2 here), the access log off, delivery on, durability fsync
+    procs.append(Proc([PY, "-m", "router", "serve", str(rules), "--bind", f"127.0.0.1:{port}"],
+                      env={"ROUTER_WATCH": "off"}, log=work / "router.log"))
     wait_http(f"http://127.0.0.1:{port}/healthz")
     for sig in ("hmac", "es256"):
         peers[f"router-{sig}"] = Peer(f"router-{sig}", f"http://127.0.0.1:{port}/hooks/{sig}",

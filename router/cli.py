@@ -389,10 +389,11 @@ def test_cmd(args: tuple[str, ...], rules_opt: str | None, provider_name: str | 
 @rules_option
 @click.option("--bind", "-b", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--workers", "-w", type=click.IntRange(1, 64), default=None,
-              help="Worker processes [default: 2 x cores, at most 8].")
+              help="Worker processes [default: one per core, at least 2, at most 8].")
 @click.option("--threads", type=click.IntRange(1, 256), default=8, show_default=True, help="Threads per worker.")
 @click.option("--timeout", type=click.IntRange(1, 3600), default=30, show_default=True, help="Worker timeout (s).")
-@click.option("--access-log/--no-access-log", default=True, show_default=True, help="Access log on stdout.")
+@click.option("--access-log/--no-access-log", default=False, show_default=True,
+              help="An access line for every request on stdout (each hook request has its event line anyway).")
 @click.option("--no-delivery", is_flag=True, help="Serve HTTP only (run `router worker` elsewhere).")
 def serve(rules: str | None, rules_opt: str | None, bind: str, workers: int | None, threads: int, timeout: int,
           access_log: bool, no_delivery: bool) -> None:

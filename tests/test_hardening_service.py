@@ -98,6 +98,7 @@ rules:
 def served(tmp_path_factory: pytest.TempPathFactory, echoing: EchoingDestination) -> Any:
     """One `router serve` with two workers and the documented 10 s body deadline."""
     server = ServedRouter(tmp_path_factory.mktemp("hardening"), rules(echoing.url), env=ENV, workers=2,
+                          extra_args=("--access-log",),
                           files={"schemas/typed.json": TYPED_SCHEMA})
     server.start()
     wait_until(lambda: all(store_open_by(p, server.store_path) for p in worker_pids(server)), timeout=30,

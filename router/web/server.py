@@ -24,7 +24,8 @@ from router.web.balance import Table, assign_slot
 
 
 def default_workers() -> int:
-    return max(2, min(8, 2 * (os.cpu_count() or 1)))
+    """One per core: a worker answers hook requests in its event loop, so more only contend."""
+    return max(2, min(8, os.cpu_count() or 1))
 
 
 class DeliveryProcess:
