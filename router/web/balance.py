@@ -4,9 +4,9 @@ Every worker waits on the one listening socket, and whichever wins the race acce
 that keep their connections alive (providers do, and so does every load generator) then stay
 with the worker that won: eight connections opened at once all went to one of two workers, which
 served everything while the other sat idle. So each worker publishes how many connections it
-holds in a small table the master shares with them all, and accepts only while it holds no more
-than any other live worker does. The worker holding the fewest always accepts, so a connection
-never waits for want of a worker.
+holds in a small table the master shares with them all, and accepts only while it holds at most
+one more than every other live worker. The worker holding the fewest always accepts, and
+one held back looks again every few milliseconds, so a connection never waits for want of a worker.
 
 The master hands each worker its slot before the fork (gunicorn's pre_fork hook). A worker that
 died stops beating, and its slot is ignored until the master gives it to the worker that replaces
@@ -42,12 +42,15 @@ class Table:
         _SLOT.pack_into(self.map, slot * _SLOT.size, 0, 0)
 
     def may_accept(self, slot: int, conns: int) -> bool:
-        """Whether this worker, holding `conns`, holds no more than any other live worker."""
+        """Whether this worker, holding `conns`, holds at most one more than every other live worker.
+
+        The slack of one keeps two workers from each reading the other's count a moment old and
+        both holding back; a worker held back looks again within milliseconds (worker.py)."""
         if conns == 0:
             return True
         now = int(time.monotonic() * 1000)
         for i, (held, beat) in enumerate(_SLOT.iter_unpack(self.map)):
-            if i != slot and beat and now - beat < STALE_MS and held < conns:
+            if i != slot and beat and now - beat < STALE_MS and held < conns - 1:
                 return False
         return True
 

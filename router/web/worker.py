@@ -55,6 +55,7 @@ from router.web.lane import FastLane
 
 REQUEST_TIMEOUT = float(os.environ.get("ROUTER_BODY_TIMEOUT", "10"))  # seconds for a whole request to arrive
 BUFFER_LIMIT = 1024 * 1024 + 64 * 1024  # read at most this much per request before handing it to a thread
+RECHECK = 0.005  # seconds: how often a worker held back by the balance table looks at it again
 HEAD_LIMIT = 64 * 1024  # a head this long without its blank line goes to gunicorn's parser, which refuses it
 
 _HEAD_END = b"\r\n\r\n"
@@ -373,6 +374,9 @@ class RouterWorker(JsonErrors, ThreadWorker):
                 raise
             return
         self.nr_conns += 1
+        table = getattr(self, "balance", None)
+        if table is not None:
+            table.publish(self.balance_slot, self.nr_conns)  # at once: the others decide on it
         conn = RouterConn(self.cfg, client_sock, client_addr, listener.getsockname())
         self.enqueue_req(conn)
 
@@ -456,13 +460,13 @@ class RouterWorker(JsonErrors, ThreadWorker):
                 self._drop(conn)
 
     def _may_accept(self) -> bool:
-        """The balance table's answer, asked again when this worker's count changed or 20 ms passed."""
+        """The balance table's answer, asked again when this worker's count changed or RECHECK passed."""
         table = getattr(self, "balance", None)
         if table is None:
             return True
         now = time.monotonic()
         held, when, answer = self._balanced_at
-        if held != self.nr_conns or now - when > 0.02:
+        if held != self.nr_conns or now - when > RECHECK:
             answer = table.may_accept(self.balance_slot, self.nr_conns)
             self._balanced_at = (self.nr_conns, now, answer)
         return answer
@@ -472,7 +476,12 @@ class RouterWorker(JsonErrors, ThreadWorker):
         if table is not None:
             if self.alive:
                 table.publish(self.balance_slot, self.nr_conns)
-                self.set_accept_enabled(self.nr_conns < self.worker_connections)  # asks the table (balance.py)
+                room = self.nr_conns < self.worker_connections
+                self.set_accept_enabled(room)  # asks the table (balance.py)
+                if room and not self._accepting:
+                    # held back for another worker: look again soon, not after gunicorn's 1 s poll,
+                    # so connections never wait in the backlog on a stale count
+                    timeout = min(timeout, RECHECK)
             else:
                 table.leave(self.balance_slot)  # stopping: the others must not wait for this one
         super().wait_for_and_dispatch_events(timeout)
