@@ -88,8 +88,9 @@ def drain(work: Path, kind: str, backlog: int, workers: int, store: str | None, 
         return lines(out) if kind == "file" else count_file(counter) - before
 
     started = time.monotonic()
-    procs = [Proc([PY, "-m", "router", "worker", str(rules_path)], env={"ROUTER_WATCH": "off", "ROUTER_LOG_LEVEL":
-                                                                        "warning"}, log=work / f"{kind}-worker-{i}.log")
+    # at the default log level: a line per delivery attempt, as in service
+    procs = [Proc([PY, "-m", "router", "worker", str(rules_path)], env={"ROUTER_WATCH": "off"},
+                  log=work / f"{kind}-worker-{i}.log")
              for i in range(workers)]
     try:
         deadline = started + 600

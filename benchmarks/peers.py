@@ -12,8 +12,9 @@ median round is reported), so drift in this shared machine's load falls on all o
   the condition, append + fdatasync per event), 2 sync workers;
 - webhook: adnanh/webhook (Debian package `webhook`), waiting for its append command
   (include-command-output-in-response), HMAC only (it has no ES256);
-- router: `router serve rules.yaml` with its defaults (delivery on, durability fsync), a `file`
-  action appending each matched event.
+- router: `router serve rules.yaml` with its defaults (one worker per core, delivery on,
+  durability fsync, access log off), a `file` action appending each matched event;
+  router-...-no-delivery: the same with `--no-delivery` (ingest alone, its own store).
 
 A router figure counts only where delivery keeps up: after each router run the lines that reached
 its file are counted, and the time the backlog then takes to drain; a drain over 2 s is reported.
@@ -186,6 +187,14 @@ def start_all(work: Path, key_pem: str) -> tuple[list[Proc], dict[str, Peer]]:
     for sig in ("hmac", "es256"):
         peers[f"router-{sig}"] = Peer(f"router-{sig}", f"http://127.0.0.1:{port}/hooks/{sig}",
                                       work / "router" / "var" / "files" / "events.jsonl")
+    # ingest alone: the same, with no delivery process (its own store, so the two never share a queue)
+    port = free_port()
+    rules = router_rules(work / "router-ingest", key_pem)
+    procs.append(Proc([PY, "-m", "router", "serve", str(rules), "--bind", f"127.0.0.1:{port}", "--no-delivery"],
+                      env={"ROUTER_WATCH": "off"}, log=work / "router-ingest.log"))
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    for sig in ("hmac", "es256"):
+        peers[f"router-{sig}-no-delivery"] = Peer(f"router-{sig}-no-delivery", f"http://127.0.0.1:{port}/hooks/{sig}")
     return procs, peers
 
 
@@ -193,7 +202,7 @@ def measure(peer: Peer, sig: str, conc: int, headers: dict[str, str], duration: 
     before = lines(peer.out)
     result = load(peer.url, BODY, headers, conc, duration, work)
     peer.runs.setdefault((sig, conc), []).append(result)
-    if peer.name.startswith("router"):
+    if peer.out is not None and peer.name.startswith("router"):
         # the warm-up run of `load` counts too: wait for every acknowledged event to reach the file
         stop = time.monotonic()
         expected = result.requests - result.errors
@@ -229,7 +238,8 @@ def main() -> None:
         for r in range(args.rounds):
             for sig, conc in grid:
                 headers = signed(sig, key)
-                for name in ("floor-sync", "floor-gthread", f"handler-{sig}", f"webhook-{sig}", f"router-{sig}"):
+                for name in ("floor-sync", "floor-gthread", f"handler-{sig}", f"webhook-{sig}", f"router-{sig}",
+                             f"router-{sig}-no-delivery"):
                     if name in peers:
                         measure(peers[name], sig, conc, headers, args.duration, work)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
@@ -258,7 +268,8 @@ def report(peers: dict[str, Peer], grid: list[tuple[str, int]], args: argparse.N
         out += [f"## {sig.upper()}, c={conc}", "",
                 "| peer | req/s | p50 ms | p99 ms | non-2xx | / floor-sync | / handler | / webhook | drain s |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for name in ("floor-sync", "floor-gthread", f"handler-{sig}", f"webhook-{sig}", f"router-{sig}"):
+        for name in ("floor-sync", "floor-gthread", f"handler-{sig}", f"webhook-{sig}", f"router-{sig}",
+                     f"router-{sig}-no-delivery"):
             peer = peers.get(name)
             if peer is None or (sig, conc) not in peer.runs:
                 continue

@@ -111,7 +111,9 @@ class ForwardAction(Action):
         self.follow_redirects = bool(options["follow_redirects"])
 
     def _request(self, d: Delivery) -> tuple[dict[str, Any], bytes]:
-        context = d.context()
+        # the template context costs a parse of the payload: only when something is templated
+        templated = self.body is not None or any(not t.is_constant for t in self.headers.values())
+        context = d.context() if templated else {}
         try:
             headers = {name: t.render(context) for name, t in self.headers.items()}
             if self.body is None:
