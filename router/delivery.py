@@ -92,7 +92,6 @@ class Deliverer:
         self._kick = threading.Event()
         self._stopping = threading.Event()
         self._busy = 0
-        self._capacity = 1  # jobs the last claim asked for
         self._busy_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._dispatcher: threading.Thread | None = None
@@ -158,33 +157,38 @@ class Deliverer:
     def _dispatch_loop(self) -> None:
         while not self._stopping.is_set():
             self.heartbeat = time.monotonic()
+            asked = 0
             try:
                 self._flush()
-                claimed = self._claim()
+                claimed, asked = self._claim()
                 self._maybe_prune()
             except Exception as exc:  # the store is locked or the disk is full: wait and try again
                 logs.error("delivery loop error", error=f"{type(exc).__name__}: {exc}")
                 claimed = 0
                 self._stopping.wait(1.0)
-            if claimed == 0:
+            if asked == 0:  # every thread is busy: claim as soon as one is free
+                self._kick.wait(IDLE_POLL)
+                self._kick.clear()
+            elif claimed == 0:
                 self._kick.wait(IDLE_POLL)
                 self._kick.clear()
                 # new work: give the jobs committed with it, and just after it, a moment to arrive,
                 # so one claim (one write transaction) takes them together rather than one by one
                 self._stopping.wait(GATHER)
-            elif claimed < self._capacity:
+            elif claimed < asked:
                 self._stopping.wait(GATHER)  # a trickle: gather it rather than claim each job alone
         self._flush()
 
-    def _claim(self) -> int:
+    def _claim(self) -> tuple[int, int]:
+        """Claim work for the idle threads: (jobs claimed, jobs asked for; 0 when no thread is idle)."""
         idle = self.concurrency - self._busy
         if idle <= 0:
-            return 0
+            return 0, 0
         config = self.get_config()
         leases = {name: spec.timeout + LEASE_MARGIN for name, spec in config.actions.items()}
         rates = {name: spec.rate for name, spec in config.actions.items() if spec.rate}
-        self._capacity = idle * PER_THREAD
-        jobs = self.store.claim(self.owner, self._capacity, leases, rates)
+        asked = idle * PER_THREAD
+        jobs = self.store.claim(self.owner, asked, leases, rates)
         for job in jobs:
             if job.lost_by is not None:
                 logs.warning("lease expired; delivering again", event_id=job.event_id, rule=job.rule,
@@ -194,7 +198,7 @@ class Deliverer:
             self._busy += len(items)
         for item in items:
             self._work.put(item)
-        return len(jobs)
+        return len(jobs), asked
 
     def _flush(self, extra: list[Outcome] | None = None) -> None:
         outcomes = list(extra or [])

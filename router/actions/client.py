@@ -70,15 +70,35 @@ def target(url: str) -> tuple[str, str, int, str, str]:
 
 
 class _Conn:
-    __slots__ = ("sock", "rfile")
+    """A connection and what was read from it beyond what has been parsed (our own buffer, so that
+    bytes a server sent beyond its answer are seen, and a read costs one recv)."""
+
+    __slots__ = ("sock", "buf", "armed")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        self.rfile = sock.makefile("rb")
+        self.buf = bytearray()
+        self.armed = -1.0  # the socket timeout last set (setting it is a system call)
+
+    def arm(self, deadline: _Deadline) -> None:
+        left = deadline.end - time.monotonic()
+        if left <= 0:
+            raise _Timeout()
+        if self.armed < 0 or self.armed > left * 1.25:  # a wait never outlasts the deadline by much
+            self.sock.settimeout(left)
+            self.armed = left
+
+    def fill(self, deadline: _Deadline) -> bool:
+        """Read what the socket has (waiting at most until the deadline); False at its end."""
+        self.arm(deadline)
+        data = self.sock.recv(65536)
+        if not data:
+            return False
+        self.buf += data
+        return True
 
     def close(self) -> None:
         try:
-            self.rfile.close()
             self.sock.close()
         except OSError:
             pass
@@ -134,18 +154,13 @@ def _the_pool() -> _Pool:
 
 def _dropped(conn: _Conn) -> bool:
     """A kept-alive connection the server closed, or wrote to unasked, while it sat idle: bytes in
-    the socket (or an end of file), or bytes our reader took in beyond the last answer."""
+    the socket (or an end of file), or bytes read beyond the last answer."""
+    if conn.buf:
+        return True
     try:
         poller = select.poll()  # not select(): it refuses descriptors from 1024 up
         poller.register(conn.sock, select.POLLIN)
-        if poller.poll(0):
-            return True
-        conn.sock.setblocking(False)
-        try:
-            ahead = conn.rfile.peek(1)  # what is buffered already; the socket has nothing (no wait)
-        except (BlockingIOError, ssl.SSLWantReadError):
-            ahead = b""
-        return bool(ahead)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
 
@@ -201,12 +216,6 @@ class _Deadline:
     def __init__(self, seconds: float):
         self.end = time.monotonic() + seconds
 
-    def arm(self, sock: socket.socket) -> None:
-        left = self.end - time.monotonic()
-        if left <= 0:
-            raise _Timeout()
-        sock.settimeout(left)
-
 
 def request(method: str, url: str, headers: Mapping[str, str | bytes], body: bytes, timeout: float,
             keep: int, drain: int) -> tuple[int, dict[str, str], bytes]:
@@ -225,7 +234,8 @@ def request(method: str, url: str, headers: Mapping[str, str | bytes], body: byt
         if conn is None:
             conn = _connect(scheme, host, port, timeout)
         try:
-            deadline.arm(conn.sock)
+            conn.armed = -1.0  # this request's own timeout, whatever the last one left set
+            conn.arm(deadline)
             conn.sock.sendall(data)
             status, answer, content, keep_alive = _read_answer(conn, method, deadline, keep, drain)
         except _Timeout:
@@ -270,11 +280,19 @@ class _Garbled(Exception):
 
 
 def _line(conn: _Conn, deadline: _Deadline) -> bytes:
-    deadline.arm(conn.sock)
-    line = conn.rfile.readline(MAX_LINE + 1)
-    if len(line) > MAX_LINE:
-        raise _Garbled()
-    return line
+    """The next line, with its end (b"" at the end of the connection, or what is left of it)."""
+    while True:
+        end = conn.buf.find(b"\n")
+        if end >= 0:
+            line = bytes(conn.buf[:end + 1])
+            del conn.buf[:end + 1]
+            return line
+        if len(conn.buf) > MAX_LINE:
+            raise _Garbled()
+        if not conn.fill(deadline):
+            line = bytes(conn.buf)
+            conn.buf.clear()
+            return line
 
 
 def _read_answer(conn: _Conn, method: str, deadline: _Deadline, keep: int,
@@ -334,16 +352,13 @@ def _read_answer(conn: _Conn, method: str, deadline: _Deadline, keep: int,
 
 
 def _read(conn: _Conn, deadline: _Deadline, n: int) -> bytes:
-    chunks: list[bytes] = []
-    got = 0
-    while got < n:
-        deadline.arm(conn.sock)
-        chunk = conn.rfile.read1(n - got)
-        if not chunk:
+    """Up to n bytes (fewer only at the end of the connection)."""
+    while len(conn.buf) < n:
+        if not conn.fill(deadline):
             break
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
+    data = bytes(conn.buf[:n])
+    del conn.buf[:n]
+    return data
 
 
 def _chunked(conn: _Conn, deadline: _Deadline, keep: int, drain: int) -> tuple[bytes, bool]:

@@ -26,6 +26,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEX
 _FILE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # one encoder, not one per line
+
 # errors that the same rendered path meets on every attempt (a name too long for the file system, a
 # byte sequence it refuses, a file where a folder must be)
 PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
@@ -91,7 +93,7 @@ class FileAction(Action):
                 "rule": d.rule,
                 "payload": d.payload,
             }
-            line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+            line = (_compact(record) + "\n").encode("utf-8")
         return parts, line
 
     def preview(self, delivery: Delivery) -> dict[str, Any]:

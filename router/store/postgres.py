@@ -28,6 +28,7 @@ its workers after the master may have touched the store).
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import os
@@ -76,6 +77,7 @@ ADVISORY_LOCK = 0x726F75746572  # "router": held while the schema is created or 
 DEFAULT_LEASE = 25.0
 CHECK_IDLE = 1.0  # seconds idle after which a pooled connection is tested before use
 POOL_TIMEOUT = 5.0  # seconds to wait for a connection before the operation fails (503 for an ingest)
+ALONE_THREADS = 8  # deduplicated events of one ingest_many committed side by side, each on its own connection
 RECONNECT_TIMEOUT = 30.0  # seconds a pool retries a lost connection (with backoff) before the pool is replaced
 NOW = "extract(epoch FROM clock_timestamp())::float8"
 
@@ -337,6 +339,7 @@ class PostgresStore:
         self._listener_pid = 0
         self._closed = threading.Event()
         self._group: _GroupCommit | None = None
+        self._alone: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None  # (pid, threads) for deduplicated events
         self._idle_since: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
         if migrate:
             self.migrate()
@@ -450,7 +453,17 @@ class PostgresStore:
         """Commit these events: those without a dedupe key together (with any other thread's), each
         with one alone; each result is the event's IngestResult or the StoreUnavailable that refused it."""
         grouped = [e for e in events if e.dedupe_key is None]
+        alone = [e for e in events if e.dedupe_key is not None]
         done: dict[str, IngestResult | Exception] = {}
+
+        def one(e: NewEvent) -> IngestResult | Exception:
+            try:
+                return self._ingest_alone(e, timeout)
+            except StoreUnavailable as exc:
+                return exc
+
+        # each deduplicated event is a round trip of its own: side by side, as request threads would be
+        running = [self._alone_pool().submit(one, e) for e in alone]
         if grouped:
             with self._pool_lock:
                 if self._group is None or self._group.pid != os.getpid():
@@ -458,13 +471,16 @@ class PostgresStore:
                 group = self._group
             for e, r in zip(grouped, group.submit_many(grouped, timeout)):
                 done[e.id] = r
-        for e in events:
-            if e.dedupe_key is not None:
-                try:
-                    done[e.id] = self._ingest_alone(e, timeout)
-                except StoreUnavailable as exc:
-                    done[e.id] = exc
+        for e, future in zip(alone, running):
+            done[e.id] = future.result()
         return [done[e.id] for e in events]
+
+    def _alone_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._alone is None or self._alone[0] != os.getpid():
+                self._alone = (os.getpid(), concurrent.futures.ThreadPoolExecutor(
+                    ALONE_THREADS, thread_name_prefix="router-ingest"))
+            return self._alone[1]
 
     def _notify_due(self) -> bool:
         now = time.monotonic()
@@ -939,6 +955,9 @@ class PostgresStore:
 
     def close(self) -> None:
         self._closed.set()
+        if self._alone is not None and self._alone[0] == os.getpid():
+            self._alone[1].shutdown(wait=False)
+            self._alone = None
         with self._pool_lock:
             pool, self._pool_obj = self._pool_obj, None
             if pool is not None and self._pool_pid == os.getpid():

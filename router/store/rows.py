@@ -13,8 +13,12 @@ from router.store.base import DeadFilter, EventFilter
 
 def stored_event(row: Sequence[Any]) -> StoredEvent:
     """An event from (id, provider, received_at, headers, query, content_type, body)."""
-    return StoredEvent(id=row[0], provider=row[1], received_at=row[2], headers=json.loads(row[3]),
-                       query=json.loads(row[4]), content_type=row[5], body=bytes(row[6]))
+    return StoredEvent(id=row[0], provider=row[1], received_at=row[2], headers=_object(row[3]),
+                       query=_object(row[4]), content_type=row[5], body=bytes(row[6]))
+
+
+def _object(text: str) -> dict[str, str]:
+    return {} if text == "{}" else json.loads(text)  # most events have no query: no parse for it
 
 
 def dead_match(filt: DeadFilter, mark: str) -> tuple[str, str, list[Any]]:
