@@ -4,7 +4,8 @@
 
 The job: receive a signed event, verify it, check the payload, match one condition, append the
 event to a file. Peers, all up at once on 127.0.0.1 and measured in interleaved rounds (the
-median round is reported), so drift in this shared machine's load falls on all of them alike:
+median of the rounds is reported, figure by figure), so drift in this shared machine's load falls
+on all of them alike:
 
 - floor-sync: a bare Flask "OK" under gunicorn, 2 sync workers (what gunicorn can do at all);
   floor-gthread: the same with 2 gthread workers x 8 threads, for reference;
@@ -253,12 +254,18 @@ def main() -> None:
 
 
 def median_load(runs: list[Load]) -> Load:
-    return sorted(runs, key=lambda x: x.rps)[len(runs) // 2]
+    """Each figure's median over the rounds, on its own: req/s, p50 and p99 (a round's p99 is one
+    number of a noisy machine; the median of the rounds' p99s is the one that says something)."""
+    mid = len(runs) // 2
+    rps = sorted(runs, key=lambda x: x.rps)[mid]
+    return Load(rps.rps, sorted(r.p50_ms for r in runs)[mid], sorted(r.p99_ms for r in runs)[mid],
+                rps.requests, max(r.errors for r in runs))
 
 
 def report(peers: dict[str, Peer], grid: list[tuple[str, int]], args: argparse.Namespace) -> str:
     out = ["# The router against its peers", "", machine(), "",
-           f"wrk, {args.duration} s per run, {args.rounds} interleaved round(s), median round; "
+           f"wrk, {args.duration} s per run, {args.rounds} interleaved round(s), the median of the rounds for each "
+           f"figure (non-2xx: the most of any round); "
            f"ratios are of req/s (p99: router over handler)", ""]
     for sig, conc in grid:
         floor = median_load(peers["floor-sync"].runs[(sig, conc)]).rps

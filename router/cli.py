@@ -412,6 +412,7 @@ def serve(rules: str | None, rules_opt: str | None, bind: str, workers: int | No
 @click.option("--concurrency", type=click.IntRange(1, 256), default=None, help="Deliveries in flight at once.")
 def worker(rules: str | None, rules_opt: str | None, concurrency: int | None) -> None:
     """Deliver only, for deployments that split web and delivery. TERM stops after in-flight attempts."""
+    import gc
     import signal
     import threading
 
@@ -426,6 +427,8 @@ def worker(rules: str | None, rules_opt: str | None, concurrency: int | None) ->
     if concurrency:
         config.settings.delivery_concurrency = concurrency
     state.start_delivery()
+    gc.collect()
+    gc.freeze()  # the loaded rules and libraries: out of the collector's reach, as in the web workers
     done = threading.Event()
 
     def stop(signum: int, frame: Any) -> None:

@@ -27,6 +27,7 @@ and a secret in a request line gunicorn quotes (`?token=...`) is never shown.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
 import os
@@ -529,6 +530,10 @@ class RouterWorker(JsonErrors, ThreadWorker):
 
     def run(self) -> None:
         self.lane = FastLane.for_worker(self)
+        # what the app loaded (rules, schemas, templates, libraries) lives as long as the worker:
+        # out of the collector's reach, a full collection no longer walks it (14 ms, a tail of p99)
+        gc.collect()
+        gc.freeze()
         try:
             super().run()
         finally:
