@@ -29,7 +29,7 @@ from router.store import Store
 IDLE_POLL = 0.25  # seconds between looks at the store when nothing is due
 PER_THREAD = 32  # jobs claimed per idle delivery thread in one claim
 BATCH = 512  # at most this many jobs of a batching action go to one thread at once
-GATHER = 0.005  # seconds a claim waits for more jobs when the last one was not full (latency, not throughput)
+GATHER = 0.02  # seconds a claim waits for more jobs when the last one was not full (latency, not throughput)
 START_WITHIN = LEASE_MARGIN - 5.0  # a job not started this long after its claim is handed back instead
 PRUNE_EVERY = 300.0
 

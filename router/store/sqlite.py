@@ -288,7 +288,7 @@ MAX_SOCKET_PATH = 100  # a Unix socket's path must fit in sun_path (108 bytes on
 
 # seconds between two wake-up notices from one process: less than the delivery's GATHER, which it
 # waits after a wake-up before it claims, so a commit just after a notice is claimed with it
-NOTIFY_DEBOUNCE = 0.002
+NOTIFY_DEBOUNCE = 0.005
 
 
 class WakeChannel:
