@@ -238,10 +238,7 @@ def request(method: str, url: str, headers: Mapping[str, str | bytes], body: byt
             conn.arm(deadline)
             conn.sock.sendall(data)
             status, answer, content, keep_alive = _read_answer(conn, method, deadline, keep, drain)
-        except _Timeout:
-            conn.close()
-            raise TransportError("timed out waiting for the response") from None
-        except TimeoutError:
+        except (_Timeout, TimeoutError):
             conn.close()
             raise TransportError("timed out waiting for the response") from None
         except _Stale:
@@ -257,10 +254,7 @@ def request(method: str, url: str, headers: Mapping[str, str | bytes], body: byt
             if reused:
                 continue
             raise TransportError("connection reset") from None
-        except OSError:
-            conn.close()
-            raise TransportError("connection broken") from None
-        except _Garbled:
+        except (OSError, _Garbled):
             conn.close()
             raise TransportError("connection broken") from None
         if keep_alive:

@@ -53,4 +53,30 @@ def wait_all(waiters: Sequence[Waiter], timeout: float, lock: threading.Lock,
     return results
 
 
-__all__ = ["Waiter", "wait_all"]
+class BatchSubmit:
+    """What a back end's group committer adds to take a caller's batch: its queue (`_lock`,
+    `_pending`, `_leading`) and `_lead_for(waiter)`, which commits until that waiter's event is
+    committed or the lead is handed on."""
+
+    _lock: threading.Lock
+    _pending: list[Waiter]
+    _leading: bool
+
+    def _lead_for(self, waiter: Waiter) -> None:
+        raise NotImplementedError
+
+    def submit_many(self, waiters: list[Waiter], timeout: float) -> list[IngestResult | Exception]:
+        """Queue the batch's waiters, lead at once if nobody commits, and wait for each result."""
+        with self._lock:
+            self._pending.extend(waiters)
+            lead = not self._leading
+            if lead:
+                self._leading = True
+        if lead:
+            self._lead_for(waiters[-1])
+        results = wait_all(waiters, timeout, self._lock, self._lead_for)
+        return [r if isinstance(r, (IngestResult, StoreUnavailable)) else
+                StoreUnavailable(f"the store could not commit: {r}") for r in results]
+
+
+__all__ = ["BatchSubmit", "Waiter", "wait_all"]

@@ -63,8 +63,8 @@ from router.store.base import (
     json_path_steps,
     payload_view,
 )
+from router.store.group import BatchSubmit
 from router.store.group import Waiter as _Waiter
-from router.store.group import wait_all
 from router.store.rows import dead_match, event_match, stored_event
 from router.store.uri import safe_uri, uri_password
 
@@ -469,7 +469,7 @@ class PostgresStore:
                 if self._group is None or self._group.pid != os.getpid():
                     self._group = _GroupCommit(self)
                 group = self._group
-            for e, r in zip(grouped, group.submit_many(grouped, timeout)):
+            for e, r in zip(grouped, group.submit_many([_Waiter(e) for e in grouped], timeout)):
                 done[e.id] = r
         for e, future in zip(alone, running):
             done[e.id] = future.result()
@@ -967,7 +967,7 @@ class PostgresStore:
                     pass
 
 
-class _GroupCommit:
+class _GroupCommit(BatchSubmit):
     """Group commit of the ingests of every request thread of this process, without a thread of its own.
 
     The first request to arrive leads: it commits its own event and everything queued behind it in
@@ -1008,18 +1008,8 @@ class _GroupCommit:
             raise waiter.result
         raise StoreUnavailable(f"the store could not commit: {waiter.result}")
 
-    def submit_many(self, events: Sequence[NewEvent], timeout: float) -> list[IngestResult | Exception]:
-        waiters = [_Waiter(e) for e in events]
-        with self._lock:
-            self._pending.extend(waiters)
-            lead = not self._leading
-            if lead:
-                self._leading = True
-        if lead:
-            self._lead(waiters[-1])
-        results = wait_all(waiters, timeout, self._lock, self._lead)
-        return [r if isinstance(r, (IngestResult, StoreUnavailable)) else
-                StoreUnavailable(f"the store could not commit: {r}") for r in results]
+    def _lead_for(self, waiter: _Waiter) -> None:
+        self._lead(waiter)
 
     def _lead(self, me: _Waiter) -> None:
         while True:

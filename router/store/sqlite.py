@@ -55,8 +55,8 @@ from router.store.base import (
     json_path_steps,
     payload_view,
 )
+from router.store.group import BatchSubmit
 from router.store.group import Waiter as _Waiter
-from router.store.group import wait_all
 from router.store.rows import dead_match, event_match, stored_event
 
 SCHEMA_VERSION = 3  # 2: no rules snapshot in `meta`; 3: attempts keep the first bytes of the answer
@@ -634,7 +634,7 @@ class SqliteStore:
             if self._committer is None or not self._committer.alive(os.getpid()):
                 self._committer = _GroupCommitter(self)
             committer = self._committer
-        results = committer.submit_many(events, timeout)
+        results = committer.submit_many([_Waiter(_Rows(e)) for e in events], timeout)
         if any(isinstance(r, IngestResult) and r.deliveries for r in results):
             self.wake.notify()
         return results
@@ -1167,7 +1167,7 @@ class SqliteStore:
         self.wake.close()
 
 
-class _GroupCommitter:
+class _GroupCommitter(BatchSubmit):
     """Group commit of the ingests of every request thread of this process, without a thread of its own.
 
     The first request to arrive leads: it takes the store's write lock, then commits its own event
@@ -1212,18 +1212,8 @@ class _GroupCommitter:
             return waiter.result
         raise StoreUnavailable(f"the store could not commit: {waiter.result}")
 
-    def submit_many(self, events: Sequence[NewEvent], timeout: float) -> list[IngestResult | Exception]:
-        waiters = [_Waiter(_Rows(e)) for e in events]
-        with self._lock:
-            self._pending.extend(waiters)
-            lead = not self._leading
-            if lead:
-                self._leading = True
-        if lead:
-            self._lead()
-        results = wait_all(waiters, timeout, self._lock, lambda _w: self._lead())
-        return [r if isinstance(r, (IngestResult, StoreUnavailable)) else
-                StoreUnavailable(f"the store could not commit: {r}") for r in results]
+    def _lead_for(self, waiter: _Waiter) -> None:
+        self._lead()  # commits everything queued, in order, or hands the lead on
 
     def _lead(self) -> None:
         while True:
