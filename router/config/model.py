@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
@@ -50,6 +51,19 @@ class ProviderSpec:
     paths: list[str]
     # without `dedupe`, the provider's own delivery id (if it sends one) deduplicates; `dedupe: off` stops that
     default_dedupe: bool = True
+
+    @functools.cached_property
+    def hidden_headers(self) -> frozenset[str]:
+        """The headers of this provider's requests that are credentials, not data: never stored
+        (worked out once per loaded provider, not once per request)."""
+        header = getattr(self.impl, "header", None)
+        own = {header.lower()} if isinstance(header, str) else set()
+        return frozenset(CREDENTIAL_HEADERS | set(self.impl.signature_headers) | own)
+
+
+# headers that prove authenticity are not kept with an event: they are credentials, not data
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "x-router-token", "x-signature", "x-hub-signature-256",
+                                "proxy-authorization"})
 
 
 @dataclass

@@ -21,8 +21,6 @@ from router.pipeline.conditions import EventView, Rule
 from router.templates import TemplateError
 
 DEFAULT_DEDUPE_WINDOW = 86400.0  # a provider's delivery id deduplicates for a day unless `dedupe` says otherwise
-# headers that prove authenticity are not kept with the event: they are credentials, not data
-_CREDENTIAL_HEADERS = {"authorization", "cookie", "x-router-token", "x-signature", "x-hub-signature-256", "proxy-authorization"}
 
 
 @dataclass
@@ -109,7 +107,7 @@ def accept(config: Config, spec: ProviderSpec, incoming: Incoming) -> Accepted:
 
     received = now_ts()
     event_id = new_event_id(received)
-    hidden = _hidden_headers(spec)
+    hidden = spec.hidden_headers
     headers = {k: v for k, v in incoming.headers.items() if k not in hidden}
     query = {k: v for k, v in incoming.query.items() if k != "token"}
     event_type = impl.event_type(incoming.headers, payload)
@@ -142,21 +140,6 @@ def accept(config: Config, spec: ProviderSpec, incoming: Incoming) -> Accepted:
         dedupe_window=spec.dedupe.window if spec.dedupe else DEFAULT_DEDUPE_WINDOW,
     )
     return Accepted(event, view, payload, matched)
-
-
-def _hidden_headers(spec: ProviderSpec) -> frozenset[str]:
-    """The headers of this provider's requests that are credentials, not data: never stored."""
-    hidden = _hidden.get(id(spec.impl))
-    if hidden is None or hidden[0] is not spec.impl:
-        header = getattr(spec.impl, "header", None)
-        names = _CREDENTIAL_HEADERS | set(spec.impl.signature_headers) | ({header.lower()} if isinstance(header, str) else set())
-        if len(_hidden) > 1024:
-            _hidden.clear()
-        hidden = _hidden[id(spec.impl)] = (spec.impl, frozenset(names))
-    return hidden[1]
-
-
-_hidden: dict[int, tuple[Any, frozenset[str]]] = {}  # provider implementation -> the headers never stored
 
 
 __all__ = ["Accepted", "Handshake", "Incoming", "RequestError", "accept", "authenticate", "client_address"]

@@ -34,6 +34,7 @@ from typing import Any
 from gunicorn import SERVER
 
 from router import logs, metrics
+from router.errors import StoreUnavailable
 from router.model import IngestResult
 from router.pipeline.ingest import Accepted, Incoming
 from router.web.endpoint import REASONS, Answer, HookEndpoint, error_answer, json_bytes, parse_query
@@ -162,7 +163,6 @@ class FastLane:
     def __init__(self, worker: Any, endpoint: HookEndpoint):
         self.worker = worker
         self.endpoint = endpoint
-        self.cfg = worker.cfg
         self.limits = Limits(worker.cfg)
         self.keepalive = worker.cfg.keepalive
         self.date = _Date()
@@ -171,8 +171,7 @@ class FastLane:
         self._batches: queue.SimpleQueue[list[_Pending] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._commit_loop, name="router-commit", daemon=True)
         self._thread.start()
-        access = bool(getattr(worker.log, "access_log_enabled", False))
-        self.access = access
+        self.access = bool(getattr(worker.log, "access_log_enabled", False))
 
     @classmethod
     def for_worker(cls, worker: Any) -> FastLane | None:
@@ -303,7 +302,6 @@ class FastLane:
             try:
                 results = self.endpoint.state.store.ingest_many([item.admitted.event for item in batch])
             except Exception as exc:  # the store could not even be opened: each is told to retry
-                from router.errors import StoreUnavailable
                 results = [StoreUnavailable(f"the store could not commit: {type(exc).__name__}: {exc}")] * len(batch)
             self.worker.method_queue.defer(self._committed, batch, results)
 
