@@ -2,7 +2,8 @@
 among workers (router/web/balance.py).
 
 Against a real `router serve` with 2 workers, over raw sockets: a plain POST is answered in the
-worker's event loop, a chunked one by a thread, and both must look alike to the client; several
+worker's event loop, a chunked one by a thread, and both must look alike to the client, on either
+store back end (SQLite commits in the loop, PostgreSQL in a thread beside it); several
 requests in one write are answered in order; `Connection: close` is honoured; a client gone before
 its answer still has its event stored; refusals keep the connection; eight kept-alive connections
 are shared out between the two workers. Then the parser's refusals, which send a request the
@@ -52,10 +53,13 @@ rules:
 """
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedRouter]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedRouter]:
+    """The router on each back end: SQLite commits in the worker's event loop, PostgreSQL in a
+    committer thread beside it (lane.py), and a client must not tell the two apart."""
+    store = {} if request.param == "sqlite" else {"store": request.getfixturevalue("pg_cluster").database()}
     server = ServedRouter(tmp_path_factory.mktemp("lane"), RULES, workers=2,
-                          files={"object.json": '{"type": "object"}'})
+                          files={"object.json": '{"type": "object"}'}, **store)
     server.start()
     yield server
     server.stop()

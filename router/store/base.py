@@ -229,6 +229,9 @@ def json_literal(text: str) -> Any:
 class Store(Protocol):
     backend: str  # "sqlite" or "postgresql"
     location: str  # where it is, safe to print (a path, or a URI without its password)
+    # ingest_many is local work, bounded by the store's own busy timeout (a file on this host, no
+    # network between): an event loop may commit in its own thread rather than hand the batch on
+    ingest_in_loop: bool
 
     # ---------------------------------------------------------------- ingest and delivery
     def ingest(self, event: NewEvent, timeout: float = 15.0) -> IngestResult: ...

@@ -321,6 +321,7 @@ class PostgresStore:
     """One per process (a forked child opens its own pool); safe to share between threads."""
 
     backend = "postgresql"
+    ingest_in_loop = False  # a commit is a round trip to a server that may stall: never in an event loop
 
     def __init__(self, uri: str, durability: str = "fsync", *, migrate: bool = True):
         if uri.startswith("postgres://"):

@@ -554,6 +554,7 @@ class SqliteStore:
     """One per process; safe to share between threads."""
 
     backend = "sqlite"
+    ingest_in_loop = True  # a commit here is a local write and a sync, with a busy timeout of its own
 
     def __init__(self, path: Path, durability: str = "fsync"):
         self.path = Path(path)

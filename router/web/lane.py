@@ -11,9 +11,14 @@ the routing itself, and the threads then fight over one GIL. Here the loop does 
    limit, HTTP/1.0, a percent-encoded path, the headers gunicorn treats specially) is declined,
    and goes the ordinary way, where gunicorn and the endpoint answer it exactly as before.
 2. The endpoint's `admit` authenticates, parses, validates and routes it, in the loop.
-3. Admitted events queue for one committer thread, which commits whatever queued while it
-   committed the last batch in one call of `store.ingest_many` (one transaction and one sync,
-   shared with any other thread's ingests). The loop goes on reading meanwhile.
+3. What one turn of the loop admitted is committed together, in one call of `store.ingest_many`
+   (one transaction and one sync, shared with any other thread's ingests). With SQLite the loop
+   makes that call itself: a commit there is a local write and a sync, bounded by the store's busy
+   timeout, and handing it to a thread cost more than it did (the thread's wake-up, then the
+   answer's way back, each waiting for a core and the GIL: at concurrency 8 they doubled the
+   commit's time and the context switches per request). A PostgreSQL commit is a round trip to
+   a server that may stall, so there the batch goes to a committer thread and the loop goes on
+   reading; whatever queued meanwhile is the next batch.
 4. Once the batch is durable, the loop writes each answer, the same bytes the ordinary path
    would send, logs and counts it, and keeps the connection alive as gunicorn would.
 
@@ -37,6 +42,7 @@ from router import logs, metrics
 from router.errors import StoreUnavailable
 from router.model import IngestResult
 from router.pipeline.ingest import Accepted, Incoming
+from router.store.base import Store
 from router.web.endpoint import REASONS, Answer, HookEndpoint, error_answer, json_bytes, parse_query
 
 _REQUEST_LINE = re.compile(rb"POST (/[A-Za-z0-9/._~!$&'()*+,;=:@-]*)(?:\?([!-\"$-~]*))? HTTP/1\.1")
@@ -167,10 +173,9 @@ class FastLane:
         self.keepalive = worker.cfg.keepalive
         self.date = _Date()
         self.queued: list[_Pending] = []
-        self.committing = False
+        self.committing = False  # a batch is with the committer thread
         self._batches: queue.SimpleQueue[list[_Pending] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._commit_loop, name="router-commit", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # started for a store that must not commit in the loop
         self.access = bool(getattr(worker.log, "access_log_enabled", False))
 
     @classmethod
@@ -220,14 +225,27 @@ class FastLane:
         return True
 
     def flush(self) -> None:
-        """Hand what queued to the committer, unless it is still busy with the last batch."""
-        if self.queued and not self.committing:
-            self.committing = True
+        """Commit what queued: here, where the store allows it, or by the committer thread, unless
+        that is still busy with the last batch."""
+        while self.queued and not self.committing:  # answering may admit a request a client pipelined
             batch, self.queued = self.queued, []
+            store = self.endpoint.state.store
+            if store.ingest_in_loop:
+                self._answer_batch(batch, _ingest(store, batch))
+                continue
+            self.committing = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._commit_loop, name="router-commit", daemon=True)
+                self._thread.start()
             self._batches.put(batch)
 
     def _committed(self, batch: list[_Pending], results: list[IngestResult | Exception]) -> None:
+        """The committer thread's batch is durable (in the loop again)."""
         self.committing = False
+        self._answer_batch(batch, results)
+        self.flush()
+
+    def _answer_batch(self, batch: list[_Pending], results: list[IngestResult | Exception]) -> None:
         answers: list[Answer] = []
         with metrics.batched():  # counted before anyone is answered
             for item, result in zip(batch, results):
@@ -238,7 +256,6 @@ class FastLane:
                     answers.append(error_answer(500, "internal_error", "internal error"))
         for item, answer in zip(batch, answers):
             self._answer(item.conn, item.request, answer)
-        self.flush()
 
     def _answer(self, conn: Any, request: Request, answer: Answer) -> None:
         worker = self.worker
@@ -299,14 +316,18 @@ class FastLane:
             batch = self._batches.get()
             if batch is None:
                 return
-            try:
-                results = self.endpoint.state.store.ingest_many([item.admitted.event for item in batch])
-            except Exception as exc:  # the store could not even be opened: each is told to retry
-                results = [StoreUnavailable(f"the store could not commit: {type(exc).__name__}: {exc}")] * len(batch)
-            self.worker.method_queue.defer(self._committed, batch, results)
+            self.worker.method_queue.defer(self._committed, batch, _ingest(self.endpoint.state.store, batch))
 
     def stop(self) -> None:
-        self._batches.put(None)
+        if self._thread is not None:
+            self._batches.put(None)
+
+
+def _ingest(store: Store, batch: list[_Pending]) -> list[IngestResult | Exception]:
+    try:
+        return store.ingest_many([item.admitted.event for item in batch])
+    except Exception as exc:  # the store could not even be opened: each is told to retry
+        return [StoreUnavailable(f"the store could not commit: {type(exc).__name__}: {exc}")] * len(batch)
 
 
 __all__ = ["FastLane", "parse", "response_bytes"]
