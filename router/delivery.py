@@ -95,7 +95,6 @@ class Deliverer:
         self._busy_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._dispatcher: threading.Thread | None = None
-        self._last_prune = 0.0
         self.heartbeat = time.monotonic()
 
     @property
@@ -111,6 +110,8 @@ class Deliverer:
             self._threads.append(t)
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="router-dispatch", daemon=True)
         self._dispatcher.start()
+        # pruning a large store takes seconds (in short transactions): never in the way of claims
+        threading.Thread(target=self._prune_loop, name="router-prune", daemon=True).start()
         try:
             # other hosts' (and processes') new jobs wake this one at once where the store can tell
             self.store.on_new_jobs(self.kick)
@@ -161,7 +162,6 @@ class Deliverer:
             try:
                 self._flush()
                 claimed, asked = self._claim()
-                self._maybe_prune()
             except Exception as exc:  # the store is locked or the disk is full: wait and try again
                 logs.error("delivery loop error", error=f"{type(exc).__name__}: {exc}")
                 claimed = 0
@@ -231,15 +231,18 @@ class Deliverer:
                     self._busy -= 1
                 self._kick.set()
 
-    def _maybe_prune(self) -> None:
-        now = time.monotonic()
-        if now - self._last_prune < PRUNE_EVERY:
-            return
-        self._last_prune = now
-        settings = self.get_config().settings
-        events, jobs = self.store.prune(settings.retention, settings.dead_letter_retention)
-        if events or jobs:
-            logs.info("pruned", events=events, jobs=jobs)
+    def _prune_loop(self) -> None:
+        """Prune once at start, then every PRUNE_EVERY seconds, until stopped."""
+        while True:
+            try:
+                settings = self.get_config().settings
+                events, jobs = self.store.prune(settings.retention, settings.dead_letter_retention)
+                if events or jobs:
+                    logs.info("pruned", events=events, jobs=jobs)
+            except Exception as exc:  # the store is locked or gone: the next round tries again
+                logs.error("prune failed", error=f"{type(exc).__name__}: {exc}")
+            if self._stopping.wait(PRUNE_EVERY):
+                return
 
     # ------------------------------------------------------------------ one attempt
 

@@ -134,3 +134,56 @@ def test_a_commit_in_one_process_wakes_the_deliverer_of_another(tmp_path: Path) 
     finally:
         listening.close()
         other.close()
+
+
+def test_a_worker_prunes_what_outlived_its_retention_while_it_delivers(tmp_path: Path) -> None:
+    """Pruning runs beside delivery (in short transactions, in a thread of its own): a worker that
+    starts on a store full of events delivered hours ago prunes them, delivers what is new, and
+    keeps the new events, whose retention has not passed."""
+    from router.model import Outcome, Verdict
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("""\
+version: 1
+settings:
+  retention: 1h
+providers:
+  src: {type: none}
+actions:
+  archive: {type: file, path: "kept.jsonl"}
+rules:
+  - name: all
+    actions: [archive]
+""")
+    store = open_store(tmp_path / "var" / "router.db", "process")
+
+    def make(ts: float, n: int) -> NewEvent:
+        return NewEvent(id=new_event_id(ts), provider="src", received_ts=ts, headers={}, query={},
+                        content_type="application/json", body=json.dumps({"n": n}).encode(), matched=["all"],
+                        jobs=[("all", "archive")])
+
+    old_ts = now_ts() - 7200
+    old = [make(old_ts + n * 0.001, n) for n in range(1200)]  # more than one prune transaction takes
+    store.ingest_many(old)
+    jobs = store.claim("earlier", 2000, {"archive": 30.0}, {})
+    assert len(jobs) == len(old)
+    store.finish([Outcome(j.id, j.lease_owner, j.action, j.attempts, Verdict.DELIVERED, old_ts + 1, status=None)
+                  for j in jobs])
+    new = [make(now_ts(), n) for n in range(300)]
+    store.ingest_many(new)
+    err = tmp_path / "worker.err"
+    with err.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "router", "worker", str(rules)], stdout=subprocess.DEVNULL,
+                                stderr=sink)
+        try:
+            wait_until(lambda: all(store.event(e.id) is None for e in (old[0], old[-1]))
+                       and len(store.jobs(state="delivered")) == len(new), timeout=60,
+                       what="the old events to be pruned and the new ones delivered")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert all(store.event(e.id) is not None for e in new)
+    written = (tmp_path / "var" / "files" / "kept.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["event_id"] for line in written) == sorted(e.id for e in new)
+    pruned = [json.loads(line) for line in err.read_text().splitlines() if '"pruned"' in line]
+    assert pruned and pruned[0]["events"] == len(old) and pruned[0]["jobs"] == len(old)

@@ -311,6 +311,33 @@ def test_prune_deletes_what_is_delivered_and_keeps_the_rest(store: Store) -> Non
     assert store.attempts(dead_id) == []
 
 
+def test_prune_takes_a_store_larger_than_one_chunk_and_keeps_what_is_still_due(store: Store) -> None:
+    """More delivered events than one SQLite prune transaction looks at (PRUNE_CHUNK, so the write
+    lock is never held for long): all of them go, with their jobs and attempts, while an event
+    among them whose job is still pending stays, and so does one with an event just as old."""
+    from router.store.sqlite import PRUNE_CHUNK
+
+    base = now_ts() - 100
+    events = [event(ts=base + i * 0.001) for i in range(2 * PRUNE_CHUNK + 7)]
+    assert all(not isinstance(r, Exception) for r in store.ingest_many(events))
+    kept = events[PRUNE_CHUNK + 3]  # in the second chunk
+    jobs: list = []
+    while len(jobs) < len(events):
+        claimed = store.claim("A", 400, LEASES, {})
+        assert claimed, "every job is due"
+        jobs += claimed
+    outcomes = [outcome(j) for j in jobs if j.event_id != kept.id]
+    store.finish(outcomes)
+    last = max(o.at for o in outcomes)
+    wait_until(lambda: store.clock() > last + 0.01, timeout=10, what="the store's clock to pass the last outcome")
+    assert store.prune(0.0, None) == (len(events) - 1, len(events) - 1)  # one call takes every chunk
+    assert store.event(kept.id) is not None
+    assert [j.event_id for j in store.jobs(state="pending")] == [kept.id]
+    assert store.event(events[0].id) is None and store.event(events[-1].id) is None
+    assert store.attempts(jobs[0].id) == [] and store.attempts(jobs[-1].id) == []
+    assert store.prune(0.0, None) == (0, 0)  # nothing left to take
+
+
 # --------------------------------------------------------------------------- read models
 
 

@@ -63,6 +63,7 @@ SCHEMA_VERSION = 3  # 2: no rules snapshot in `meta`; 3: attempts keep the first
 ROWS_PER_INSERT = 64  # rows per multi-row INSERT of a batch (a statement of its own per count, cached)
 BUSY_TIMEOUT_MS = 5000
 INGEST_BUSY_TIMEOUT_MS = 2000
+PRUNE_CHUNK = 500  # events looked at per prune transaction (see SqliteStore.prune)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -887,20 +888,47 @@ class SqliteStore:
     @_translated
     def prune(self, retention: float, dead_retention: float | None, now: float | None = None) -> tuple[int, int]:
         """Delete delivered jobs (and events with nothing left to deliver) older than `retention`;
-        dead letters only when `dead_retention` is set."""
+        dead letters only when `dead_retention` is set.
+
+        In many short transactions of PRUNE_CHUNK events each, walking the events from the oldest
+        by their index, so the write lock that every ingest needs is never held for long (one
+        statement over the whole store held it for seconds on a large one, and scanned every
+        attempt ever kept). A job never outdates its event (its last update comes after the event
+        arrived), so the old events hold every job there is to prune."""
         now = now_ts() if now is None else now
+        cutoff = now - retention
+        dead_cutoff = now - dead_retention if dead_retention is not None else None
         conn = self._conn()
-        with _transaction(conn, self.write_lock):
-            cutoff = now - retention
-            jobs = conn.execute("DELETE FROM jobs WHERE state = 'delivered' AND updated_ts < ?", (cutoff,)).rowcount
-            if dead_retention is not None:
-                jobs += conn.execute(
-                    "DELETE FROM jobs WHERE state = 'dead' AND updated_ts < ?", (now - dead_retention,)
+        events = jobs = 0
+        after: tuple[float, int] = (float("-inf"), 0)
+        while True:
+            with _transaction(conn, self.write_lock):
+                # (received_ts, rowid) is the index's own order: no sort, and each chunk starts where the last ended
+                rows = conn.execute(
+                    "SELECT received_ts, rowid, id FROM events WHERE received_ts < ? AND (received_ts, rowid) > (?, ?)"
+                    " ORDER BY received_ts, rowid LIMIT ?", (cutoff, after[0], after[1], PRUNE_CHUNK),
+                ).fetchall()
+                if not rows:
+                    break
+                after = (rows[-1][0], rows[-1][1])
+                ids = [r[2] for r in rows]
+                marks = ",".join("?" * len(ids))
+                doomed = [job_id for job_id, state, updated in conn.execute(
+                    f"SELECT id, state, updated_ts FROM jobs WHERE event_id IN ({marks})", ids)
+                    if (state == "delivered" and updated < cutoff)
+                    or (state == "dead" and dead_cutoff is not None and updated < dead_cutoff)]
+                for start in range(0, len(doomed), 500):
+                    part = doomed[start:start + 500]
+                    job_marks = ",".join("?" * len(part))
+                    conn.execute(f"DELETE FROM attempts WHERE job_id IN ({job_marks})", part)
+                    jobs += conn.execute(f"DELETE FROM jobs WHERE id IN ({job_marks})", part).rowcount
+                events += conn.execute(
+                    f"DELETE FROM events WHERE id IN ({marks})"
+                    " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id)", ids,
                 ).rowcount
-            conn.execute("DELETE FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)")
-            events = conn.execute(
-                "DELETE FROM events WHERE received_ts < ? AND id NOT IN (SELECT event_id FROM jobs)", (cutoff,)
-            ).rowcount
+            if len(rows) < PRUNE_CHUNK:
+                break
+        with _transaction(conn, self.write_lock):
             conn.execute("DELETE FROM dedupe WHERE expires_ts < ?", (now,))
         return events, jobs
 
