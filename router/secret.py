@@ -90,8 +90,11 @@ def parts(value: str) -> list[str]:
     every distinctive path segment and query value. For any secret: the part after a known
     prefix (`whsec_`, `Bearer `), and its percent-encoded form (how it appears in a URL)."""
     out: list[str] = []
-    if "://" in value:
-        split = urlsplit(value)
+    try:
+        split = urlsplit(value) if "://" in value else None
+    except ValueError:  # not a URL after all (`http://[` opens an IPv6 address it never closes): kept whole
+        split = None
+    if split is not None:
         if split.path not in ("", "/"):
             out.append(split.path)
             if split.query:

@@ -284,3 +284,29 @@ def test_an_alias_bomb_is_still_refused_as_one():
         bomb += f"{name}: &{name} [{', '.join(['*' + prev] * 10)}]\n"
     [problem] = problems_of("version: 1\n" + bomb.replace("a: &a", "providers: &a"))
     assert "aliases expand the file by more than 200,000 nodes" in problem, problem
+
+
+@pytest.mark.parametrize("url, phrase", [
+    ("http://[127.0.0.1:9/slack", "host or port is not valid"),  # what the rules fuzzer found: a traceback
+    ("https://hooks.example:99999/x", "host or port is not valid"),
+    ("https://hooks.example:0/x", "port 0"),
+])
+def test_a_url_no_request_could_be_sent_to_is_a_validation_error_that_does_not_quote_it(tmp_path, url, phrase):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"""\
+version: 1
+providers:
+  src: {{type: none}}
+actions:
+  tell: {{type: slack, webhook_url: "${{HOOK:-{url}}}", text: "hi"}}
+  send: {{type: forward, url: "{url}"}}
+rules:
+  - name: all
+    actions: [tell, send]
+""")
+    result = run_cli("validate", rules, env={"HOOK": None})
+    assert result.code == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if phrase in line]
+    assert [line.split(": ")[1] for line in lines] == ["actions.tell.webhook_url", "actions.send.url"], result.stdout
+    assert url not in result.stdout  # the Slack URL is a secret: never echoed

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from router.config.source import PathT, Source, fmt_path
 from router.errors import Problem
@@ -380,12 +381,31 @@ def as_network(ctx: Ctx, value: Any, path: PathT) -> ipaddress.IPv4Network | ipa
         return None
 
 
+def url_problem(text: str) -> str | None:
+    """Why `text` is not an http(s) URL a request can be sent to, or None. Says what is wrong, never
+    quotes the URL (it may be a secret, as a Slack webhook's is)."""
+    if not re.match(r"^https?://[^\s/]+", text):
+        return "must be an http:// or https:// URL"
+    try:
+        split = urlsplit(text)
+        port = split.port  # parsed here, where a bad one is a validation error, not a failed delivery
+    except ValueError:
+        return ("must be an http:// or https:// URL; its host or port is not valid"
+                " (an unclosed '[', or a port that is not a number up to 65535)")
+    if not split.hostname:
+        return "must be an http:// or https:// URL with a host"
+    if port == 0:
+        return "must be an http:// or https:// URL; port 0 is no port to send to"
+    return None
+
+
 def as_url(ctx: Ctx, value: Any, path: PathT) -> str | None:
     text = as_str(ctx, value, path)
     if text is None:
         return None
-    if not re.match(r"^https?://[^\s/]+", text):
-        ctx.error(path, "must be an http:// or https:// URL")
+    problem = url_problem(text)
+    if problem is not None:
+        ctx.error(path, problem)
         return None
     return text
 
@@ -394,8 +414,9 @@ def as_secret_url(ctx: Ctx, value: Any, path: PathT) -> Secret | None:
     secret = as_secret(ctx, value, path)
     if secret is None:
         return None
-    if not re.match(r"^https?://[^\s/]+", secret.reveal()):
-        ctx.error(path, "must be an http:// or https:// URL")
+    problem = url_problem(secret.reveal())
+    if problem is not None:
+        ctx.error(path, problem)
         return None
     return secret
 
