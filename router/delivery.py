@@ -241,8 +241,8 @@ class Deliverer:
                     logs.info("pruned", events=events, jobs=jobs)
             except Exception as exc:  # the store is locked or gone: the next round tries again
                 logs.error("prune failed", error=f"{type(exc).__name__}: {exc}")
-            if self._stopping.wait(PRUNE_EVERY):
-                return
+            if self._stopping.wait(PRUNE_EVERY) or not self.alive():
+                return  # stopped, or its dispatcher died (and a new Deliverer prunes in its place)
 
     # ------------------------------------------------------------------ one attempt
 

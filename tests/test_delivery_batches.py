@@ -79,6 +79,13 @@ def test_share_out_batches_by_action_and_deals_out_the_rest() -> None:
     assert [len(i.jobs) for i in share_out([job(n, "hook") for n in range(3)], 8, set())] == [1, 1, 1]
 
 
+def archived_event(ts: float, n: int) -> NewEvent:
+    """An event of provider `src` that rule `all` sends to action `archive`."""
+    return NewEvent(id=new_event_id(ts), provider="src", received_ts=ts, headers={}, query={},
+                    content_type="application/json", body=json.dumps({"n": n}).encode(), matched=["all"],
+                    jobs=[("all", "archive")])
+
+
 def test_a_worker_drains_a_backlog_writing_every_line_once(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text("""\
@@ -94,10 +101,7 @@ rules:
     store = open_store(tmp_path / "var" / "router.db", "process")
     ids = []
     for n in range(1500):
-        ts = now_ts()
-        event = NewEvent(id=new_event_id(ts), provider="src", received_ts=ts, headers={}, query={},
-                         content_type="application/json", body=json.dumps({"n": n}).encode(), matched=["all"],
-                         jobs=[("all", "archive")])
+        event = archived_event(now_ts(), n)
         ids.append(store.ingest(event).event_id)
     out = tmp_path / "var" / "files" / "backlog.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "router", "worker", str(rules)], stdout=subprocess.DEVNULL,
@@ -157,19 +161,14 @@ rules:
 """)
     store = open_store(tmp_path / "var" / "router.db", "process")
 
-    def make(ts: float, n: int) -> NewEvent:
-        return NewEvent(id=new_event_id(ts), provider="src", received_ts=ts, headers={}, query={},
-                        content_type="application/json", body=json.dumps({"n": n}).encode(), matched=["all"],
-                        jobs=[("all", "archive")])
-
     old_ts = now_ts() - 7200
-    old = [make(old_ts + n * 0.001, n) for n in range(1200)]  # more than one prune transaction takes
+    old = [archived_event(old_ts + n * 0.001, n) for n in range(1200)]  # more than one prune transaction takes
     store.ingest_many(old)
     jobs = store.claim("earlier", 2000, {"archive": 30.0}, {})
     assert len(jobs) == len(old)
     store.finish([Outcome(j.id, j.lease_owner, j.action, j.attempts, Verdict.DELIVERED, old_ts + 1, status=None)
                   for j in jobs])
-    new = [make(now_ts(), n) for n in range(300)]
+    new = [archived_event(now_ts(), n) for n in range(300)]
     store.ingest_many(new)
     err = tmp_path / "worker.err"
     with err.open("wb") as sink:

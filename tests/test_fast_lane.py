@@ -208,6 +208,35 @@ def test_eight_kept_alive_connections_are_shared_between_the_two_workers(served:
 CFG = Limits(SimpleNamespace(limit_request_line=8190, limit_request_fields=100, limit_request_field_size=8190))
 
 
+def test_a_writer_holding_the_store_does_not_stop_the_workers_loop(tmp_path) -> None:
+    """SQLite, where the loop commits itself: while another process holds the store's write lock
+    for longer than the loop waits for it (lane.LOCK_WAIT), the batch goes to a thread, and the
+    loop goes on answering everything else; the event is answered, stored, once the lock is free."""
+    from router.store import open_store
+
+    server = ServedRouter(tmp_path, RULES, workers=1, files={"object.json": '{"type": "object"}'})
+    server.start()
+    holder = open_store(server.store_path, "fsync")  # its own flock, as another process's
+    try:
+        body = json.dumps({"case": f"held-{time.time_ns()}"}).encode()
+        with connect(server) as sock:
+            reader = Reader(sock)
+            with holder.write_lock:  # type: ignore[attr-defined]
+                sock.sendall(request(body))
+                for _ in range(3):  # the one worker's loop answers while the commit waits for the lock
+                    assert server.get("/healthz", timeout=10).status_code == 200
+                sock.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    sock.recv(1)  # no answer before the event is committed
+                sock.setblocking(True)
+            status, _, answer = reader.answer()
+        assert status == 200, answer
+        assert server.event_body(json.loads(answer)["event_id"]) == body
+    finally:
+        holder.close()
+        server.stop()
+
+
 def test_a_plain_request_is_parsed_and_what_follows_it_is_left() -> None:
     one = request(b'{"a": 1}', "X-Hub-Signature-256: sha256=ab", path="/hooks/x?token=t%20k")
     parsed = parse(one + b"POST /next", 1024, CFG)

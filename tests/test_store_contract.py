@@ -338,6 +338,21 @@ def test_prune_takes_a_store_larger_than_one_chunk_and_keeps_what_is_still_due(s
     assert store.prune(0.0, None) == (0, 0)  # nothing left to take
 
 
+def test_a_dead_letter_retention_shorter_than_the_retention_still_prunes_dead_letters(store: Store) -> None:
+    """Dead letters go after dead_letter_retention even while retention keeps delivered events
+    longer; the event of a pruned dead letter stays until retention has passed for it too."""
+    dead_id = _dead_job(store)
+    (dead,) = store.jobs(state="dead")
+    done = event(ts=now_ts() - 5)
+    store.ingest(done)
+    (job,) = store.claim("A", 1, LEASES, {})
+    store.finish([outcome(job)])
+    wait_until(lambda: store.prune(3600.0, 0.0)[1] == 1, timeout=10, what="the dead letter to be pruned")
+    assert store.jobs(state="dead") == [] and store.attempts(dead_id) == []
+    assert store.event(dead.event_id) is not None  # younger than retention: kept, with nothing to deliver
+    assert store.event(done.id) is not None and len(store.jobs(state="delivered")) == 1
+
+
 # --------------------------------------------------------------------------- read models
 
 
@@ -521,6 +536,29 @@ def test_ingest_many_answers_each_event_in_order(store: Store, other: Store) -> 
     assert store.ingest_many([]) == []
 
 
+def test_ingest_now_commits_the_batch_as_ingest_many_would_or_nothing(store: Store, other: Store) -> None:
+    """An event loop's commit (SQLite commits there; PostgreSQL never does, and answers None): either
+    every event is answered as ingest_many answers it and committed, or nothing at all is."""
+    original = event(dedupe_key="now", window=60)
+    store.ingest(original)
+    taken = event()
+    store.ingest(taken)
+    batch = [event(jobs=[("r", "a1")]), event(dedupe_key="now", window=60), taken, event(jobs=[])]
+    results = store.ingest_now(batch, 0.5)
+    if results is None:
+        assert store.backend == "postgresql"
+        assert all(other.event(e.id) is None for e in (batch[0], batch[3]))  # nothing committed
+        results = store.ingest_many(batch)
+    first, duplicate, failed, unmatched = results
+    assert not isinstance(first, Exception) and (first.event_id, first.deliveries) == (batch[0].id, 1)
+    assert not isinstance(duplicate, Exception) and (duplicate.duplicate, duplicate.event_id) == (True, original.id)
+    assert isinstance(failed, StoreUnavailable)
+    assert not isinstance(unmatched, Exception) and unmatched.deliveries == 0
+    assert other.event(batch[0].id) is not None and other.event(batch[3].id) is not None
+    assert [j.event_id for j in other.jobs(state="pending") if j.event_id == batch[0].id] == [batch[0].id]
+    assert store.ingest_now([], 0.5) == []
+
+
 def test_ingest_many_from_several_threads_commits_each_event_once(store: Store) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -631,3 +669,38 @@ def test_a_sqlite_store_of_an_earlier_version_gains_the_response_column(tmp_path
         assert store.attempts(job.id)[0].response == "ok"
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------- SQLite only: the event loop's commit
+
+
+def test_ingest_now_gives_way_to_a_writer_holding_the_lock_and_commits_nothing(tmp_path: Path) -> None:
+    """While another process holds the store's write lock, or a program that knows nothing of it
+    holds SQLite's own, ingest_now answers None within about its wait and commits nothing; once the
+    lock is free it commits."""
+    import sqlite3
+
+    store = open_store(tmp_path / "router.db", "fsync")
+    holder = open_store(tmp_path / "router.db", "fsync")  # its own flock: as another process's
+    try:
+        store.ingest(event())  # the schema exists
+        first = event()
+        with holder.write_lock:  # type: ignore[attr-defined]
+            started = time.monotonic()
+            assert store.ingest_now([first], 0.05) is None
+            assert time.monotonic() - started < 5.0  # gave way: it did not wait for the holder
+        assert store.event(first.id) is None
+        foreign = sqlite3.connect(str(tmp_path / "router.db"), isolation_level=None)
+        try:
+            foreign.execute("BEGIN IMMEDIATE")  # SQLite's write lock, without ours
+            assert store.ingest_now([first], 0.05) is None
+            foreign.execute("ROLLBACK")
+        finally:
+            foreign.close()
+        assert store.event(first.id) is None
+        (result,) = store.ingest_now([first], 0.05) or [None]
+        assert not isinstance(result, Exception) and result is not None and result.event_id == first.id
+        assert holder.event(first.id) is not None
+    finally:
+        store.close()
+        holder.close()

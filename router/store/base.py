@@ -229,9 +229,6 @@ def json_literal(text: str) -> Any:
 class Store(Protocol):
     backend: str  # "sqlite" or "postgresql"
     location: str  # where it is, safe to print (a path, or a URI without its password)
-    # ingest_many is local work, bounded by the store's own busy timeout (a file on this host, no
-    # network between): an event loop may commit in its own thread rather than hand the batch on
-    ingest_in_loop: bool
 
     # ---------------------------------------------------------------- ingest and delivery
     def ingest(self, event: NewEvent, timeout: float = 15.0) -> IngestResult: ...
@@ -240,6 +237,14 @@ class Store(Protocol):
         """Commit several events at once (as ingest does each): one result per event, in order, its
         IngestResult or the StoreUnavailable that refused it. One caller's batch shares transactions
         and syncs with every other ingest of the process."""
+        ...
+
+    def ingest_now(self, events: Sequence[NewEvent], wait: float) -> list[IngestResult | Exception] | None:
+        """ingest_many for a caller that must not block for long (an event loop): the results, the
+        events committed and synced at once, or None, with nothing committed, when that cannot be
+        done without waiting longer than `wait` seconds for anyone else (the caller then commits
+        them with ingest_many, off its loop). A back end whose commit is a round trip to a server
+        that may stall always answers None."""
         ...
 
     def claim(self, owner: str, limit: int, leases: dict[str, float], rates: dict[str, float], *,

@@ -214,6 +214,29 @@ class WriteLock:
         finally:
             self._thread_lock.release()
 
+    def acquire_within(self, seconds: float) -> bool:
+        """Take the lock if it can be had within `seconds` (False, not holding it, if not). flock has
+        no timeout, so the file lock is tried without blocking, again and again at growing intervals."""
+        if not self._thread_lock.acquire(timeout=seconds):
+            return False
+        now = time.monotonic()
+        deadline, brisk = now + seconds, now + 0.002
+        try:
+            while True:
+                try:
+                    fcntl.flock(self._file(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    now = time.monotonic()
+                    if now >= deadline:
+                        self._thread_lock.release()
+                        return False
+                    # an ordinary commit holds it a few hundred µs: look often for the first 2 ms
+                    time.sleep(0.00002 if now < brisk else 0.0005)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
 
 class WalSync:
     """fdatasync of the store's WAL file, called after a commit and outside the write lock.
@@ -555,7 +578,6 @@ class SqliteStore:
     """One per process; safe to share between threads."""
 
     backend = "sqlite"
-    ingest_in_loop = True  # a commit here is a local write and a sync, with a busy timeout of its own
 
     def __init__(self, path: Path, durability: str = "fsync"):
         self.path = Path(path)
@@ -592,18 +614,23 @@ class SqliteStore:
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection (ingest has its own, in _GroupCommitter)."""
+        return self._thread_conn("conn")
+
+    def _thread_conn(self, slot: str) -> sqlite3.Connection:
+        """This thread's connection of that name, opened again in a forked child and after a fault."""
         local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid() or local.generation != self._generation:
-            if conn is not None and local.pid == os.getpid():
+        conn: sqlite3.Connection | None = getattr(local, slot, None)
+        opened_in = getattr(local, slot + "_in", None)  # (pid, generation) it was opened in
+        if conn is None or opened_in != (os.getpid(), self._generation):
+            if conn is not None and opened_in is not None and opened_in[0] == os.getpid():
                 try:
                     conn.close()
                 except sqlite3.Error:
                     pass
-            local.conn = None
-            local.generation = self._generation
-            conn = local.conn = self._connect()
-            local.pid = os.getpid()
+            setattr(local, slot, None)
+            conn = self._connect()
+            setattr(local, slot, conn)
+            setattr(local, slot + "_in", (os.getpid(), self._generation))
         return conn
 
     def _fault(self, exc: BaseException) -> None:
@@ -641,8 +668,54 @@ class SqliteStore:
             self.wake.notify()
         return results
 
-    def _ingest_batch(self, conn: sqlite3.Connection,
-                      take: Callable[[], Sequence[_Rows]]) -> list[IngestResult | Exception]:
+    def ingest_now(self, events: Sequence[NewEvent], wait: float) -> list[IngestResult | Exception] | None:
+        """ingest_many for a caller that must not block for long (an event loop): committed and
+        synced at once, or None with nothing committed when the write lock (this store's, or
+        SQLite's own, held by a program that does not take ours) cannot be had within `wait` seconds.
+
+        A commit here is local work: the rows, one transaction and the WAL's sync. It takes no part
+        in the group commit of this process's other threads; their commits and this one share the
+        write lock, and a sync that one of them runs covers the others' commits before it."""
+        if not events:
+            return []
+        rows = [_Rows(e) for e in events]
+        if not self.write_lock.acquire_within(wait):
+            return None
+        results: list[IngestResult | Exception]
+        try:
+            conn = self._now_conn(wait)
+            results = self._ingest_batch(conn, lambda: rows, lock_held=True)
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if "locked" in text or "busy" in text:
+                return None  # rolled back: nothing of it was written
+            results = [exc] * len(rows)
+            self._fault(exc)
+        except (sqlite3.Error, OSError) as exc:
+            results = [exc] * len(rows)
+            self._fault(exc)
+        finally:
+            self.write_lock.__exit__()
+        if self.durability == "fsync" and any(isinstance(r, IngestResult) for r in results):
+            try:
+                self.wal_sync.sync()
+            except OSError as exc:  # committed but perhaps not on disk: a 503, so the provider retries
+                results = [exc] * len(rows)
+        if any(isinstance(r, IngestResult) and r.deliveries for r in results):
+            self.wake.notify()
+        return [r if isinstance(r, (IngestResult, StoreUnavailable)) else
+                StoreUnavailable(f"the store could not commit: {r}") for r in results]
+
+    def _now_conn(self, wait: float) -> sqlite3.Connection:
+        """This thread's connection for ingest_now: SQLite's own lock waited for `wait` at most."""
+        conn = self._thread_conn("now_conn")
+        if getattr(self._local, "now_wait", None) != (conn, wait):
+            conn.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
+            self._local.now_wait = (conn, wait)
+        return conn
+
+    def _ingest_batch(self, conn: sqlite3.Connection, take: Callable[[], Sequence[_Rows]], *,
+                      lock_held: bool = False) -> list[IngestResult | Exception]:
         """Commit the events that `take` hands over in one transaction; an event that fails alone
         does not fail the others.
 
@@ -650,16 +723,17 @@ class SqliteStore:
         while this process waited for the lock. The batch is first written straight through; only
         when that fails, and there is more than one event, is it written again with each event in
         its own savepoint, so the common case pays no savepoints."""
+        held = None if lock_held else self.write_lock
         events: Sequence[_Rows] = ()
         try:
-            with _transaction(conn, self.write_lock):
+            with _transaction(conn, held):
                 events = take()
                 return self._ingest_many(conn, events)
         except sqlite3.Error:
             if len(events) <= 1:
                 raise
         results: list[IngestResult | Exception] = []
-        with _transaction(conn, self.write_lock):
+        with _transaction(conn, held):
             for event in events:
                 conn.execute("SAVEPOINT one")
                 try:
@@ -894,10 +968,12 @@ class SqliteStore:
         by their index, so the write lock that every ingest needs is never held for long (one
         statement over the whole store held it for seconds on a large one, and scanned every
         attempt ever kept). A job never outdates its event (its last update comes after the event
-        arrived), so the old events hold every job there is to prune."""
+        arrived), so the events older than the later of the two cutoffs hold every job there is to prune."""
         now = now_ts() if now is None else now
         cutoff = now - retention
         dead_cutoff = now - dead_retention if dead_retention is not None else None
+        # a dead letter may be due before a delivered job is (a dead_letter_retention shorter than retention)
+        walk_to = max(cutoff, dead_cutoff) if dead_cutoff is not None else cutoff
         conn = self._conn()
         events = jobs = 0
         after: tuple[float, int] = (float("-inf"), 0)
@@ -906,7 +982,7 @@ class SqliteStore:
                 # (received_ts, rowid) is the index's own order: no sort, and each chunk starts where the last ended
                 rows = conn.execute(
                     "SELECT received_ts, rowid, id FROM events WHERE received_ts < ? AND (received_ts, rowid) > (?, ?)"
-                    " ORDER BY received_ts, rowid LIMIT ?", (cutoff, after[0], after[1], PRUNE_CHUNK),
+                    " ORDER BY received_ts, rowid LIMIT ?", (walk_to, after[0], after[1], PRUNE_CHUNK),
                 ).fetchall()
                 if not rows:
                     break
@@ -923,8 +999,8 @@ class SqliteStore:
                     conn.execute(f"DELETE FROM attempts WHERE job_id IN ({job_marks})", part)
                     jobs += conn.execute(f"DELETE FROM jobs WHERE id IN ({job_marks})", part).rowcount
                 events += conn.execute(
-                    f"DELETE FROM events WHERE id IN ({marks})"
-                    " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id)", ids,
+                    f"DELETE FROM events WHERE id IN ({marks}) AND received_ts < ?"
+                    " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id)", (*ids, cutoff),
                 ).rowcount
             if len(rows) < PRUNE_CHUNK:
                 break
@@ -1185,13 +1261,14 @@ class SqliteStore:
             ).rowcount
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
-        self._local.conn = None
+        for slot in ("conn", "now_conn"):  # this thread's
+            conn = getattr(self._local, slot, None)
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            setattr(self._local, slot, None)
         self.wal_sync.close()
         self.wake.close()
 

@@ -11,14 +11,15 @@ the routing itself, and the threads then fight over one GIL. Here the loop does 
    limit, HTTP/1.0, a percent-encoded path, the headers gunicorn treats specially) is declined,
    and goes the ordinary way, where gunicorn and the endpoint answer it exactly as before.
 2. The endpoint's `admit` authenticates, parses, validates and routes it, in the loop.
-3. What one turn of the loop admitted is committed together, in one call of `store.ingest_many`
-   (one transaction and one sync, shared with any other thread's ingests). With SQLite the loop
-   makes that call itself: a commit there is a local write and a sync, bounded by the store's busy
-   timeout, and handing it to a thread cost more than it did (the thread's wake-up, then the
+3. What one turn of the loop admitted is committed together, in one transaction and one sync.
+   With SQLite the loop commits it itself (`store.ingest_now`): a commit there is a local write
+   and a sync, and handing it to a thread cost more than it did (the thread's wake-up, then the
    answer's way back, each waiting for a core and the GIL: at concurrency 8 they doubled the
-   commit's time and the context switches per request). A PostgreSQL commit is a round trip to
-   a server that may stall, so there the batch goes to a committer thread and the loop goes on
-   reading; whatever queued meanwhile is the next batch.
+   commit's time and the context switches per request). The loop waits at most LOCK_WAIT for the
+   store's write lock; when another writer holds it longer (a bulk replay, a program of the
+   operator's), and always with PostgreSQL, whose commit is a round trip to a server that may
+   stall, the batch goes to a committer thread (`store.ingest_many`) and the loop goes on
+   reading and answering everything else; what queues meanwhile is the next batch.
 4. Once the batch is durable, the loop writes each answer, the same bytes the ordinary path
    would send, logs and counts it, and keeps the connection alive as gunicorn would.
 
@@ -42,9 +43,9 @@ from router import logs, metrics
 from router.errors import StoreUnavailable
 from router.model import IngestResult
 from router.pipeline.ingest import Accepted, Incoming
-from router.store.base import Store
 from router.web.endpoint import REASONS, Answer, HookEndpoint, error_answer, json_bytes, parse_query
 
+LOCK_WAIT = 0.01  # the longest the loop waits for the store's write lock before a thread commits instead
 _REQUEST_LINE = re.compile(rb"POST (/[A-Za-z0-9/._~!$&'()*+,;=:@-]*)(?:\?([!-\"$-~]*))? HTTP/1\.1")
 _TOKEN = b"!#$%&'*+.^`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-"  # a header name's bytes
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")  # all but tab, and CRLF line ends
@@ -229,9 +230,12 @@ class FastLane:
         that is still busy with the last batch."""
         while self.queued and not self.committing:  # answering may admit a request a client pipelined
             batch, self.queued = self.queued, []
-            store = self.endpoint.state.store
-            if store.ingest_in_loop:
-                self._answer_batch(batch, _ingest(store, batch))
+            try:
+                results = self.endpoint.state.store.ingest_now([item.admitted.event for item in batch], LOCK_WAIT)
+            except Exception as exc:  # the store could not even be opened: each is told to retry
+                results = _unavailable(exc, len(batch))
+            if results is not None:
+                self._answer_batch(batch, results)
                 continue
             self.committing = True
             if self._thread is None:
@@ -316,18 +320,19 @@ class FastLane:
             batch = self._batches.get()
             if batch is None:
                 return
-            self.worker.method_queue.defer(self._committed, batch, _ingest(self.endpoint.state.store, batch))
+            try:
+                results = self.endpoint.state.store.ingest_many([item.admitted.event for item in batch])
+            except Exception as exc:
+                results = _unavailable(exc, len(batch))
+            self.worker.method_queue.defer(self._committed, batch, results)
 
     def stop(self) -> None:
         if self._thread is not None:
             self._batches.put(None)
 
 
-def _ingest(store: Store, batch: list[_Pending]) -> list[IngestResult | Exception]:
-    try:
-        return store.ingest_many([item.admitted.event for item in batch])
-    except Exception as exc:  # the store could not even be opened: each is told to retry
-        return [StoreUnavailable(f"the store could not commit: {type(exc).__name__}: {exc}")] * len(batch)
+def _unavailable(exc: Exception, n: int) -> list[IngestResult | Exception]:
+    return [StoreUnavailable(f"the store could not commit: {type(exc).__name__}: {exc}")] * n
 
 
 __all__ = ["FastLane", "parse", "response_bytes"]
