@@ -74,9 +74,14 @@ class BatchSubmit:
                 self._leading = True
         if lead:
             self._lead_for(waiters[-1])
-        results = wait_all(waiters, timeout, self._lock, self._lead_for)
-        return [r if isinstance(r, (IngestResult, StoreUnavailable)) else
-                StoreUnavailable(f"the store could not commit: {r}") for r in results]
+        return refusals_named(wait_all(waiters, timeout, self._lock, self._lead_for))
 
 
-__all__ = ["BatchSubmit", "Waiter", "wait_all"]
+def refusals_named(results: Sequence[IngestResult | Exception]) -> list[IngestResult | Exception]:
+    """Each result as a caller of ingest_many gets it: the IngestResult, or a StoreUnavailable that
+    says why (whatever the back end raised)."""
+    return [r if isinstance(r, (IngestResult, StoreUnavailable)) else
+            StoreUnavailable(f"the store could not commit: {r}") for r in results]
+
+
+__all__ = ["BatchSubmit", "Waiter", "refusals_named", "wait_all"]

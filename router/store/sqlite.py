@@ -55,7 +55,7 @@ from router.store.base import (
     json_path_steps,
     payload_view,
 )
-from router.store.group import BatchSubmit
+from router.store.group import BatchSubmit, refusals_named
 from router.store.group import Waiter as _Waiter
 from router.store.rows import dead_match, event_match, stored_event
 
@@ -490,6 +490,12 @@ def _insert_rows(conn: sqlite3.Connection, insert: tuple[str, str], rows: list[t
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _contention(exc: BaseException) -> bool:
+    """The database was locked by another writer (the work may be tried again), not a fault."""
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
 def _translated(method: F) -> F:
     """sqlite3's errors (and the OS's) leave the store as StoreError, saying what failed; a fault
     other than contention makes this process's connections be opened again (see _fault)."""
@@ -636,10 +642,8 @@ class SqliteStore:
     def _fault(self, exc: BaseException) -> None:
         """After a failure that is not contention (a read-only file, an I/O error), open every
         connection again before its next use: one opened in a bad moment must not outlive it."""
-        text = str(exc).lower()
-        if "locked" in text or "busy" in text:
-            return
-        self._generation += 1
+        if not _contention(exc):
+            self._generation += 1
 
     # ------------------------------------------------------------------ ingest
 
@@ -685,26 +689,27 @@ class SqliteStore:
         try:
             conn = self._now_conn(wait)
             results = self._ingest_batch(conn, lambda: rows, lock_held=True)
-        except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if "locked" in text or "busy" in text:
-                return None  # rolled back: nothing of it was written
-            results = [exc] * len(rows)
-            self._fault(exc)
         except (sqlite3.Error, OSError) as exc:
+            if _contention(exc):
+                return None  # SQLite's own lock: rolled back, nothing of it was written
             results = [exc] * len(rows)
             self._fault(exc)
         finally:
             self.write_lock.__exit__()
+        results = self._durable(results)
+        if any(isinstance(r, IngestResult) and r.deliveries for r in results):
+            self.wake.notify()
+        return refusals_named(results)
+
+    def _durable(self, results: list[IngestResult | Exception]) -> list[IngestResult | Exception]:
+        """A committed batch's results once its WAL is synced (with durability fsync), or the sync's
+        error for each: committed but perhaps not on disk, so a 503 and the provider retries."""
         if self.durability == "fsync" and any(isinstance(r, IngestResult) for r in results):
             try:
                 self.wal_sync.sync()
-            except OSError as exc:  # committed but perhaps not on disk: a 503, so the provider retries
-                results = [exc] * len(rows)
-        if any(isinstance(r, IngestResult) and r.deliveries for r in results):
-            self.wake.notify()
-        return [r if isinstance(r, (IngestResult, StoreUnavailable)) else
-                StoreUnavailable(f"the store could not commit: {r}") for r in results]
+            except OSError as exc:
+                return [exc] * len(results)
+        return results
 
     def _now_conn(self, wait: float) -> sqlite3.Connection:
         """This thread's connection for ingest_now: SQLite's own lock waited for `wait` at most."""
@@ -1377,11 +1382,6 @@ class _GroupCommitter(BatchSubmit):
 
     def _answer(self, batch: list[_Waiter], results: list[IngestResult | Exception]) -> None:
         """Make the batch durable, then wake its requests."""
-        if self.store.durability == "fsync" and any(isinstance(r, IngestResult) for r in results):
-            try:
-                self.store.wal_sync.sync()
-            except OSError as exc:  # committed but perhaps not on disk: a 503, so the provider retries
-                results = [exc] * len(batch)
-        for waiter, result in zip(batch, results):
+        for waiter, result in zip(batch, self.store._durable(results)):
             waiter.result = result
             waiter.done.set()
