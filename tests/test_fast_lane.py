@@ -237,6 +237,83 @@ def test_a_writer_holding_the_store_does_not_stop_the_workers_loop(tmp_path) -> 
         server.stop()
 
 
+def test_a_program_holding_sqlites_lock_gets_events_503_while_the_loop_keeps_serving(tmp_path) -> None:
+    """A program that holds SQLite's own lock (not ours): the loop gives the batch to a thread, which
+    gives up after the store's busy timeout; the event is answered 503 (Retry-After, nothing
+    stored), health checks are answered meanwhile, and events are taken again once the lock goes."""
+    import sqlite3
+
+    server = ServedRouter(tmp_path, RULES, workers=1, files={"object.json": '{"type": "object"}'})
+    server.start()
+    try:
+        holder = sqlite3.connect(str(server.store_path), isolation_level=None, timeout=10)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            body = json.dumps({"case": f"locked-{time.time_ns()}"}).encode()
+            with connect(server) as sock:
+                sock.sendall(request(body))
+                assert served_health(server)  # while the event waits for the lock
+                status, headers, answer = Reader(sock).answer()
+            assert status == 503 and headers.get("retry-after"), answer
+            assert json.loads(answer)["error"] == "store_unavailable"
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert server.events_with_body(body) == 0  # a 503 stored nothing
+        wait_until(lambda: lane_answer(server) == 200, timeout=30, what="events to be taken again")
+    finally:
+        server.stop()
+
+
+def test_a_worker_that_cannot_open_its_store_answers_503_in_its_loop_and_recovers(tmp_path) -> None:
+    """A worker started while its store cannot be opened (here the database's path is a folder):
+    the fast lane answers each event 503 rather than the loop failing, health checks are still
+    answered, and once the store is back the same worker takes events again."""
+    import os
+    import signal
+
+    server = ServedRouter(tmp_path, RULES, workers=1, files={"object.json": '{"type": "object"}'})
+    server.start()
+    db = server.store_path
+    aside = db.with_name("aside")
+    try:
+        assert lane_answer(server) == 200
+        (old,) = worker_pids(server)
+        aside.mkdir()
+        for name in (db.name, db.name + "-wal", db.name + "-shm"):
+            if (db.parent / name).exists():
+                (db.parent / name).rename(aside / name)
+        db.mkdir()  # no database can be opened at this path
+        os.kill(old, signal.SIGKILL)  # our own worker, by PID: the master starts another
+        wait_until(lambda: bool(set(worker_pids(server)) - {old}) and served_health(server),
+                   timeout=40, what="a replacement worker to answer /healthz")
+        assert lane_answer(server) == 503
+        assert served_health(server)
+        db.rmdir()
+        for moved in aside.iterdir():
+            moved.rename(db.parent / moved.name)
+        wait_until(lambda: lane_answer(server) == 200, timeout=30, what="the worker to take events again")
+    finally:
+        server.stop()
+
+
+def lane_answer(server: ServedRouter) -> int:
+    """The status of one plain event sent over a fresh connection (the fast lane's way)."""
+    with connect(server) as sock:
+        sock.sendall(request(json.dumps({"case": f"probe-{time.time_ns()}"}).encode()))
+        status, _, answer = Reader(sock).answer()
+    if status == 503:
+        assert json.loads(answer)["error"] == "store_unavailable", answer
+    return status
+
+
+def served_health(server: ServedRouter) -> bool:
+    try:
+        return server.get("/healthz", timeout=10).status_code == 200
+    except OSError:
+        return False
+
+
 def test_a_plain_request_is_parsed_and_what_follows_it_is_left() -> None:
     one = request(b'{"a": 1}', "X-Hub-Signature-256: sha256=ab", path="/hooks/x?token=t%20k")
     parsed = parse(one + b"POST /next", 1024, CFG)
